@@ -1,0 +1,290 @@
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use vivarium_api::{FileInfo, FileList, MkdirRequest, WriteFileRequest};
+use vivarium_proto::WriteOptions;
+
+use super::AppStateRef;
+use crate::convert::{self, agent_error};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery};
+
+#[derive(Deserialize)]
+pub struct PathQuery {
+    path: String,
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    path: String,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    path: String,
+    #[serde(default)]
+    depth: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RemoveQuery {
+    path: String,
+    #[serde(default)]
+    recursive: Option<String>,
+}
+
+fn check_path(path: &str) -> ApiResult<()> {
+    if !path.starts_with('/') {
+        return Err(ApiError::invalid(
+            "path",
+            format!("path must be absolute, got {path:?}"),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(ApiError::invalid("path", "path cannot contain NUL"));
+    }
+    Ok(())
+}
+
+/// Octal mode from `"0644"`, `"644"` or the number 420.
+fn parse_mode(v: Option<&serde_json::Value>) -> ApiResult<Option<u32>> {
+    let bad = |m: String| ApiError::invalid("mode", m);
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .filter(|m| *m <= 0o7777)
+            .map(|m| Some(m as u32))
+            .ok_or_else(|| bad(format!("mode must be 0..=0o7777, got {n}"))),
+        Some(serde_json::Value::String(s)) => parse_mode_str(s).map(Some),
+        Some(other) => Err(bad(format!(
+            "mode must be an octal string like \"0644\", got {other}"
+        ))),
+    }
+}
+
+fn parse_mode_str(s: &str) -> ApiResult<u32> {
+    let t = s.trim().trim_start_matches("0o");
+    u32::from_str_radix(t, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "mode",
+                format!("mode must be an octal string like \"0644\", got {s:?}"),
+            )
+        })
+}
+
+fn parse_bool(field: &str, v: Option<&str>) -> ApiResult<bool> {
+    match v.map(|s| s.to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(s) if ["1", "true", "yes"].contains(&s.as_str()) => Ok(true),
+        Some(s) if ["0", "false", "no", ""].contains(&s.as_str()) => Ok(false),
+        Some(s) => Err(ApiError::invalid(
+            field,
+            format!("{field} must be true or false, got {s:?}"),
+        )),
+    }
+}
+
+/// `GET /v1/runs/{id}/files?path=/abs/file`: the file's bytes, streamed.
+pub async fn download(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> ApiResult<Response> {
+    check_path(&q.path)?;
+    let agent = s.runner.agent(&id)?;
+    let (stat, stream) = agent
+        .read_file_stream(&q.path)
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    let body = Body::from_stream(stream.map_err(std::io::Error::other));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, stat.size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `PUT /v1/runs/{id}/files?path=/abs/file&mode=0644`: the body becomes the file (parents created,
+/// written to a temporary name and renamed into place, so readers never see half a file).
+pub async fn upload(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<FileInfo>)> {
+    check_path(&q.path)?;
+    let mode = q.mode.as_deref().map(parse_mode_str).transpose()?;
+    let agent = s.runner.agent(&id)?;
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let stat = agent
+        .write_file_stream(
+            &q.path,
+            WriteOptions {
+                mode,
+                create_parents: true,
+                ..Default::default()
+            },
+            stream,
+        )
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    Ok((StatusCode::CREATED, Json(convert::file_info(stat))))
+}
+
+/// `POST /v1/runs/{id}/files` with `{path, content, encoding?, mode?}`.
+pub async fn write_json(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<WriteFileRequest>,
+) -> ApiResult<(StatusCode, Json<FileInfo>)> {
+    check_path(&req.path)?;
+    let mode = parse_mode(req.mode.as_ref())?;
+    let data = match req.encoding.as_deref().unwrap_or("utf8") {
+        "utf8" | "utf-8" | "text" => Bytes::from(req.content.into_bytes()),
+        "base64" => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(req.content.trim())
+                .map_err(|e| {
+                    ApiError::invalid("content", format!("content is not valid base64: {e}"))
+                })?,
+        ),
+        other => {
+            return Err(ApiError::invalid(
+                "encoding",
+                format!("encoding must be utf8 or base64, got {other:?}"),
+            ))
+        }
+    };
+    let agent = s.runner.agent(&id)?;
+    let stat = agent
+        .write_file(
+            &req.path,
+            data,
+            WriteOptions {
+                mode,
+                create_parents: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    Ok((StatusCode::CREATED, Json(convert::file_info(stat))))
+}
+
+pub async fn remove(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    check_path(&q.path)?;
+    if q.path == "/" {
+        return Err(ApiError::invalid("path", "refusing to remove /"));
+    }
+    let recursive = parse_bool("recursive", q.recursive.as_deref())?;
+    let agent = s.runner.agent(&id)?;
+    agent
+        .remove(&q.path, recursive)
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<FileList>> {
+    check_path(&q.path)?;
+    let depth = match q.depth.as_deref() {
+        None => 1,
+        Some(d) => d
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=32).contains(d))
+            .ok_or_else(|| {
+                ApiError::invalid("depth", format!("depth must be 1..=32, got {d:?}"))
+            })?,
+    };
+    let agent = s.runner.agent(&id)?;
+    let entries = agent
+        .list_dir(&q.path, depth)
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    Ok(Json(FileList {
+        entries: entries.into_iter().map(convert::file_entry).collect(),
+    }))
+}
+
+pub async fn stat(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> ApiResult<Json<FileInfo>> {
+    check_path(&q.path)?;
+    let agent = s.runner.agent(&id)?;
+    let st = agent
+        .stat(&q.path)
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    Ok(Json(convert::file_info(st)))
+}
+
+pub async fn mkdir(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<MkdirRequest>,
+) -> ApiResult<StatusCode> {
+    check_path(&req.path)?;
+    let mode = parse_mode(req.mode.as_ref())?;
+    let agent = s.runner.agent(&id)?;
+    agent
+        .mkdir(&req.path, mode, req.parents)
+        .await
+        .map_err(|e| agent_error(&s.runner, &id, e))?;
+    Ok(StatusCode::CREATED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode(Some(&json!("0644"))).unwrap(), Some(0o644));
+        assert_eq!(parse_mode(Some(&json!("755"))).unwrap(), Some(0o755));
+        assert_eq!(parse_mode(Some(&json!(420))).unwrap(), Some(0o644));
+        assert_eq!(parse_mode(None).unwrap(), None);
+        assert_eq!(
+            parse_mode(Some(&json!("9"))).unwrap_err().field.as_deref(),
+            Some("mode")
+        );
+        assert!(parse_mode(Some(&json!(0o17777))).is_err());
+    }
+
+    #[test]
+    fn paths() {
+        assert!(check_path("/etc/hosts").is_ok());
+        assert_eq!(
+            check_path("etc").unwrap_err().field.as_deref(),
+            Some("path")
+        );
+    }
+}

@@ -1,0 +1,153 @@
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use vivarium_api::{
+    BuildImageRequest, Image, ImageList, ImageProgress, ImportImageRequest, PushImageRequest,
+};
+use vivarium_image::{ImageStore, PullProgress};
+
+use super::AppStateRef;
+use crate::convert::{self, image_error};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+
+pub async fn list(State(s): AppStateRef) -> ApiResult<Json<ImageList>> {
+    let images = s.runner.images.list().map_err(image_error)?;
+    Ok(Json(ImageList {
+        images: images.iter().map(convert::image).collect(),
+    }))
+}
+
+pub async fn get(State(s): AppStateRef, Path(reference): Path<String>) -> ApiResult<Json<Image>> {
+    let r = ImageStore::parse_reference(&reference)
+        .map_err(|e| image_error(e).with_field("reference"))?;
+    let info = s.runner.images.get(&r).map_err(image_error)?;
+    info.map(|i| Json(convert::image(&i))).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "image_not_found",
+            format!("image {reference} is not stored here"),
+        )
+    })
+}
+
+/// Pulls and prepares an image ahead of use. With `Accept: application/x-ndjson` the answer is a
+/// stream of progress lines ending in `done` or `error`; otherwise the finished image.
+pub async fn build(
+    State(s): AppStateRef,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<BuildImageRequest>,
+) -> ApiResult<Response> {
+    let r =
+        ImageStore::parse_reference(&req.image).map_err(|e| image_error(e).with_field("image"))?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("ndjson"));
+    if !wants_stream {
+        let info = s
+            .runner
+            .images
+            .pull(&r, None)
+            .await
+            .map_err(|e| image_error(e).with_field("image"))?;
+        return Ok((StatusCode::CREATED, Json(convert::image(&info))).into_response());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PullProgress>();
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let images = s.runner.images.clone();
+    tokio::spawn(async move {
+        let pull = images.pull(&r, Some(tx));
+        tokio::pin!(pull);
+        let result = loop {
+            tokio::select! {
+                res = &mut pull => break res,
+                Some(p) = rx.recv() => {
+                    if out_tx.send(Ok(line(&convert::progress(p)))).await.is_err() { /* client left; keep pulling */ }
+                }
+            }
+        };
+        while let Ok(p) = rx.try_recv() {
+            let _ = out_tx.send(Ok(line(&convert::progress(p)))).await;
+        }
+        let last = match result {
+            Ok(info) => ImageProgress::Done {
+                image: convert::image(&info),
+            },
+            Err(e) => ImageProgress::Error {
+                error: image_error(e).with_field("image").detail(),
+            },
+        };
+        let _ = out_tx.send(Ok(line(&last))).await;
+    });
+    let body = Body::from_stream(tokio_stream_from(out_rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+fn line<T: serde::Serialize>(v: &T) -> Bytes {
+    let mut l = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    l.push(b'\n');
+    Bytes::from(l)
+}
+
+pub async fn import(
+    State(s): AppStateRef,
+    ApiJson(req): ApiJson<ImportImageRequest>,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    let path = std::path::PathBuf::from(&req.path);
+    if !path.is_absolute() {
+        return Err(ApiError::invalid(
+            "path",
+            "path must be an absolute path on the runner's host",
+        ));
+    }
+    if !path.exists() {
+        return Err(ApiError::invalid(
+            "path",
+            format!("{} does not exist on the runner's host", req.path),
+        ));
+    }
+    ImageStore::parse_reference(&req.tag).map_err(|e| image_error(e).with_field("tag"))?;
+    let info = s
+        .runner
+        .images
+        .import(&path, &req.tag)
+        .await
+        .map_err(|e| image_error(e).with_field("path"))?;
+    Ok((StatusCode::CREATED, Json(convert::image(&info))))
+}
+
+pub async fn push(
+    State(s): AppStateRef,
+    ApiJson(req): ApiJson<PushImageRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let target = ImageStore::parse_reference(&req.target)
+        .map_err(|e| image_error(e).with_field("target"))?;
+    let digest = s
+        .runner
+        .images
+        .push(&req.image, &target)
+        .await
+        .map_err(|e| image_error(e).with_field("image"))?;
+    Ok(Json(
+        serde_json::json!({ "target": req.target, "digest": digest }),
+    ))
+}
+
+pub async fn remove(State(s): AppStateRef, Path(reference): Path<String>) -> ApiResult<StatusCode> {
+    s.runner
+        .images
+        .remove(&reference)
+        .await
+        .map_err(|e| image_error(e).with_field("reference"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

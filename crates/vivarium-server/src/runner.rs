@@ -1,0 +1,539 @@
+//! The sandbox lifecycle: validate a request, make the image ready, ask the isolation driver for a
+//! sandbox, wait for its guest agent, remember it durably; and the reverse. Also the two background
+//! duties: recovery after a restart and deletion of expired sandboxes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use vivarium_api::{self as api, CreateRunRequest, NetworkMode, Run, RunState};
+use vivarium_image::{ImageInfo, ImageStore, StoreConfig};
+use vivarium_isolation::{Driver, DriverConfig, SandboxSpec, SandboxStatus};
+use vivarium_proto::client::AgentClient;
+
+use crate::convert;
+use crate::db::{Db, RunRecord};
+use crate::error::{ApiError, ApiResult};
+
+/// Where the guest agent listens inside every sandbox (the driver bind-mounts its host side).
+pub const AGENT_SOCKET_IN_SANDBOX: &str = "/.vivarium/run/agent.sock";
+/// How long a new sandbox's agent may take to answer before creation is given up.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Processes per sandbox.
+const PIDS_MAX: u64 = 4096;
+/// Size of /dev/shm in every sandbox (Chromium wants at least 1 GiB).
+const SHM_MIB: u64 = 1024;
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub data_dir: PathBuf,
+    /// The static guest agent binary placed read-only into every sandbox.
+    pub agent_binary: PathBuf,
+    /// The OCI runtime binary (crun).
+    pub runtime: PathBuf,
+    /// Image used when a create request names none.
+    pub default_image: Option<String>,
+    /// Registries spoken to over plain HTTP (loopback always is).
+    pub insecure_registries: Vec<String>,
+    /// Names this runner's host-global objects (cgroup parent, nftables table, netns prefix), so
+    /// several runners can share a host.
+    pub instance: String,
+    /// Pool of sandbox addresses (one /30 each); `None`: the driver's default, 10.88.0.0/16.
+    pub subnet: Option<vivarium_isolation::Ipv4Net>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "guest agent binary {0} not found (build it with scripts/build-agent.sh or pass --agent)"
+    )]
+    AgentMissing(PathBuf),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("image store: {0}")]
+    Images(#[from] vivarium_image::ImageError),
+    #[error("isolation driver: {0}")]
+    Driver(#[from] vivarium_isolation::DriverError),
+}
+
+pub struct Runner {
+    pub cfg: RunnerConfig,
+    db: Db,
+    pub images: ImageStore,
+    driver: Driver,
+    /// Sandboxes that are running (the cache of `db` that requests read).
+    live: Mutex<HashMap<String, RunRecord>>,
+    host_mem_mib: u64,
+}
+
+impl Runner {
+    pub async fn start(cfg: RunnerConfig) -> Result<Arc<Self>, StartError> {
+        for dir in [
+            cfg.data_dir.clone(),
+            cfg.data_dir.join("images"),
+            cfg.data_dir.join("sandboxes"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if !cfg.agent_binary.is_file() {
+            return Err(StartError::AgentMissing(cfg.agent_binary.clone()));
+        }
+        let db = Db::open(&cfg.data_dir.join("state.db"))?;
+        let images = ImageStore::open(StoreConfig {
+            root: cfg.data_dir.join("images"),
+            insecure_registries: cfg.insecure_registries.clone(),
+            ..Default::default()
+        })?;
+        let defaults = DriverConfig::default();
+        let driver = Driver::new(DriverConfig {
+            state_dir: cfg.data_dir.join("sandboxes"),
+            runtime: cfg.runtime.clone(),
+            subnet: cfg.subnet.unwrap_or(defaults.subnet),
+            cgroup_parent: cfg.instance.clone(),
+        })
+        .await?;
+        let runner = Arc::new(Self {
+            cfg,
+            db,
+            images,
+            driver,
+            live: Mutex::new(HashMap::new()),
+            host_mem_mib: host_mem_mib(),
+        });
+        runner.recover().await;
+        Ok(runner)
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunRecord>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reconciles the database with the host after a (possibly unclean) restart: sandboxes that
+    /// still run and answer are adopted; everything else is removed, and the log says so.
+    async fn recover(&self) {
+        let records = match self.db.all() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read sandbox records; not recovering");
+                return;
+            }
+        };
+        for rec in records {
+            let id = rec.run.id.clone();
+            let alive = rec.run.state == RunState::Running
+                && matches!(
+                    self.driver.status(&id).await,
+                    Ok(SandboxStatus::Running { .. })
+                )
+                && tokio::time::timeout(
+                    Duration::from_secs(3),
+                    AgentClient::new(&rec.agent_socket).info(),
+                )
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false);
+            if alive {
+                tracing::info!(sandbox = %id, "recovered running sandbox");
+                self.live().insert(id, rec);
+            } else {
+                tracing::warn!(sandbox = %id, state = ?rec.run.state, "sandbox did not survive the restart; cleaning it up");
+                self.destroy_quietly(&id).await;
+            }
+        }
+        match self.driver.list_traces() {
+            Ok(ids) => {
+                for id in ids {
+                    if !self.live().contains_key(&id) {
+                        tracing::warn!(sandbox = %id, "removing traces of a sandbox the runner has no record of");
+                        self.destroy_quietly(&id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list sandbox traces"),
+        }
+    }
+
+    async fn destroy_quietly(&self, id: &str) {
+        match self.driver.destroy(id).await {
+            Ok(()) => {
+                if let Err(e) = self.db.delete(id) {
+                    tracing::error!(sandbox = %id, error = %e, "cannot forget sandbox");
+                }
+            }
+            Err(e) => tracing::error!(sandbox = %id, error = %e, "cannot remove sandbox"),
+        }
+    }
+
+    pub fn list(&self, metadata: &BTreeMap<String, String>) -> Vec<Run> {
+        let mut runs: Vec<Run> = self
+            .live()
+            .values()
+            .filter(|r| {
+                metadata
+                    .iter()
+                    .all(|(k, v)| r.run.metadata.get(k) == Some(v))
+            })
+            .map(|r| r.run.clone())
+            .collect();
+        runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        for run in &mut runs {
+            run.oom_kills = self.driver.oom_kills(&run.id).unwrap_or(run.oom_kills);
+        }
+        runs
+    }
+
+    pub fn get(&self, id: &str) -> ApiResult<Run> {
+        let mut run = self.record(id)?.run;
+        run.oom_kills = self.driver.oom_kills(id).unwrap_or(run.oom_kills);
+        Ok(run)
+    }
+
+    fn record(&self, id: &str) -> ApiResult<RunRecord> {
+        self.live()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no sandbox with id {id:?}")))
+    }
+
+    /// The guest agent of a running sandbox.
+    pub fn agent(&self, id: &str) -> ApiResult<AgentClient> {
+        Ok(AgentClient::new(self.record(id)?.agent_socket))
+    }
+
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        self.driver.oom_kills(id).unwrap_or(0)
+    }
+
+    pub fn validate(&self, req: &CreateRunRequest) -> ApiResult<(String, f64, u64, u64)> {
+        let image = req
+            .image
+            .clone()
+            .or_else(|| self.cfg.default_image.clone())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "image",
+                    "image is required (no default image is configured)",
+                )
+            })?;
+        let vcpus = req.vcpus.unwrap_or(api::DEFAULT_VCPUS);
+        if !vcpus.is_finite() || vcpus <= 0.0 || vcpus > api::MAX_VCPUS {
+            return Err(ApiError::invalid(
+                "vcpus",
+                format!("vcpus must be > 0 and <= {}, got {vcpus}", api::MAX_VCPUS),
+            ));
+        }
+        let mem_mib = req.mem_mib.unwrap_or(api::DEFAULT_MEM_MIB);
+        let max_mem = self.host_mem_mib.min(api::MAX_MEM_MIB);
+        if mem_mib < api::MIN_MEM_MIB || mem_mib > max_mem {
+            return Err(ApiError::invalid(
+                "mem_mib",
+                format!(
+                    "mem_mib must be between {} and {max_mem} (this host's memory), got {mem_mib}",
+                    api::MIN_MEM_MIB
+                ),
+            ));
+        }
+        if let Some(d) = req.disk_mib {
+            if !(16..=16 * 1024 * 1024).contains(&d) {
+                return Err(ApiError::invalid(
+                    "disk_mib",
+                    format!("disk_mib must be between 16 and 16777216, got {d}"),
+                ));
+            }
+        }
+        let timeout_s = req.timeout_s.unwrap_or(api::DEFAULT_TIMEOUT_S);
+        if timeout_s == 0 || timeout_s > api::MAX_TIMEOUT_S {
+            return Err(ApiError::invalid(
+                "timeout_s",
+                format!(
+                    "timeout_s must be between 1 and {}, got {timeout_s}",
+                    api::MAX_TIMEOUT_S
+                ),
+            ));
+        }
+        for key in req.env.keys() {
+            validate_env_name(key).map_err(|m| ApiError::invalid(format!("env.{key}"), m))?;
+        }
+        for (k, v) in &req.env {
+            if v.contains('\0') {
+                return Err(ApiError::invalid(
+                    format!("env.{k}"),
+                    "environment values cannot contain NUL",
+                ));
+            }
+        }
+        for (k, v) in &req.metadata {
+            if k.is_empty() || k.len() > 256 || v.len() > 4096 {
+                return Err(ApiError::invalid(
+                    format!("metadata.{k}"),
+                    "metadata keys must be 1-256 bytes and values at most 4096 bytes",
+                ));
+            }
+        }
+        Ok((image, vcpus, mem_mib, timeout_s))
+    }
+
+    pub async fn create(&self, req: CreateRunRequest) -> ApiResult<Run> {
+        let started = Instant::now();
+        let (image_ref, vcpus, mem_mib, timeout_s) = self.validate(&req)?;
+        let parsed = ImageStore::parse_reference(&image_ref)
+            .map_err(|e| convert::image_error(e).with_field("image"))?;
+        let image: ImageInfo = self
+            .images
+            .ensure(&parsed)
+            .await
+            .map_err(|e| convert::image_error(e).with_field("image"))?;
+        let image_ready = started.elapsed();
+
+        let id = new_id();
+        let now = Utc::now();
+        let network = req.network.unwrap_or_default();
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for kv in &image.config.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        env.extend(req.env.clone());
+        let mut rec = RunRecord {
+            run: Run {
+                id: id.clone(),
+                state: RunState::Creating,
+                image: image_ref,
+                image_digest: image.digest.clone(),
+                vcpus,
+                mem_mib,
+                disk_mib: req.disk_mib,
+                network,
+                ip: None,
+                env: req.env.clone(),
+                metadata: req.metadata.clone(),
+                created_at: now,
+                expires_at: now + chrono::Duration::seconds(timeout_s as i64),
+                oom_kills: 0,
+            },
+            agent_socket: PathBuf::new(),
+        };
+        // Written before anything exists on the host, so a crash from here on is cleaned up at restart.
+        self.db.upsert(&rec)?;
+
+        let spec = SandboxSpec {
+            id: id.clone(),
+            rootfs: image.rootfs.clone(),
+            hostname: format!("vv-{id}"),
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: image
+                .config
+                .working_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            vcpus,
+            mem_mib,
+            pids_max: PIDS_MAX,
+            shm_mib: SHM_MIB.min(mem_mib),
+            disk_mib: req.disk_mib,
+            network: match network {
+                NetworkMode::Nat => vivarium_isolation::NetworkMode::Nat,
+                NetworkMode::None => vivarium_isolation::NetworkMode::None,
+            },
+            agent_binary: self.cfg.agent_binary.clone(),
+            agent_args: vec!["--listen".into(), AGENT_SOCKET_IN_SANDBOX.into()],
+        };
+        let result = async {
+            let sandbox = self
+                .driver
+                .create(&spec)
+                .await
+                .map_err(convert::driver_error)?;
+            let sandbox_up = started.elapsed();
+            let agent = AgentClient::new(&sandbox.agent_socket);
+            wait_ready(&agent).await?;
+            tracing::info!(
+                sandbox = %id,
+                image_ms = image_ready.as_millis() as u64,
+                sandbox_ms = sandbox_up.as_millis() as u64,
+                ready_ms = started.elapsed().as_millis() as u64,
+                "sandbox created"
+            );
+            Ok::<_, ApiError>(sandbox)
+        }
+        .await;
+        match result {
+            Ok(sandbox) => {
+                rec.agent_socket = sandbox.agent_socket;
+                rec.run.ip = sandbox.ip.map(|ip| ip.to_string());
+                rec.run.state = RunState::Running;
+                self.db.upsert(&rec)?;
+                self.live().insert(id, rec.clone());
+                Ok(rec.run)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "sandbox creation failed; undoing");
+                self.destroy_quietly(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn delete(&self, id: &str) -> ApiResult<()> {
+        let mut rec = self
+            .live()
+            .remove(id)
+            .ok_or_else(|| ApiError::not_found(format!("no sandbox with id {id:?}")))?;
+        rec.run.state = RunState::Deleting;
+        self.db.upsert(&rec)?;
+        self.driver.destroy(id).await.map_err(|e| {
+            ApiError::internal(format!(
+                "sandbox {id} could not be fully removed (will retry): {e}"
+            ))
+        })?;
+        self.db.delete(id)?;
+        tracing::info!(sandbox = %id, "sandbox deleted");
+        Ok(())
+    }
+
+    pub fn set_timeout(&self, id: &str, timeout_s: u64) -> ApiResult<Run> {
+        if timeout_s == 0 || timeout_s > api::MAX_TIMEOUT_S {
+            return Err(ApiError::invalid(
+                "timeout_s",
+                format!(
+                    "timeout_s must be between 1 and {}, got {timeout_s}",
+                    api::MAX_TIMEOUT_S
+                ),
+            ));
+        }
+        let rec = {
+            let mut live = self.live();
+            let rec = live
+                .get_mut(id)
+                .ok_or_else(|| ApiError::not_found(format!("no sandbox with id {id:?}")))?;
+            rec.run.expires_at = Utc::now() + chrono::Duration::seconds(timeout_s as i64);
+            rec.clone()
+        };
+        self.db.upsert(&rec)?;
+        Ok(rec.run)
+    }
+
+    /// Deletes sandboxes whose time is up, and retries removals that failed earlier.
+    pub async fn reap(&self) {
+        let now = Utc::now();
+        let expired: Vec<String> = self
+            .live()
+            .values()
+            .filter(|r| r.run.expires_at <= now)
+            .map(|r| r.run.id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(sandbox = %id, "sandbox expired");
+            if let Err(e) = self.delete(&id).await {
+                if e.status != StatusCode::NOT_FOUND {
+                    tracing::error!(sandbox = %id, error = %e, "deleting expired sandbox failed");
+                }
+            }
+        }
+        if let Ok(records) = self.db.all() {
+            for rec in records
+                .into_iter()
+                .filter(|r| r.run.state == RunState::Deleting)
+            {
+                if !self.live().contains_key(&rec.run.id) {
+                    self.destroy_quietly(&rec.run.id).await;
+                }
+            }
+        }
+    }
+
+    /// Removes every sandbox (used by `vivarium serve --cleanup-on-exit` and tests).
+    pub async fn delete_all(&self) {
+        let ids: Vec<String> = self.live().keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.delete(&id).await {
+                tracing::error!(sandbox = %id, error = %e, "delete failed");
+            }
+        }
+    }
+}
+
+async fn wait_ready(agent: &AgentClient) -> ApiResult<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let mut delay = Duration::from_micros(500);
+    loop {
+        match agent.info().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(ApiError::internal(format!(
+                    "the sandbox's guest agent did not start: {e}"
+                )));
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn validate_env_name(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("environment variable names cannot be empty");
+    }
+    if key.contains('=') || key.contains('\0') {
+        return Err("environment variable names cannot contain '=' or NUL");
+    }
+    Ok(())
+}
+
+/// A sandbox id: 12 lowercase hex characters (short enough for interface names derived from it).
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+fn host_mem_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(api::MAX_MEM_MIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_short_and_distinct() {
+        let a = new_id();
+        assert_eq!(a.len(), 12);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_id());
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(validate_env_name("PATH").is_ok());
+        assert!(validate_env_name("").is_err());
+        assert!(validate_env_name("A=B").is_err());
+    }
+
+    #[test]
+    fn host_memory_is_read() {
+        assert!(host_mem_mib() > 0);
+    }
+}

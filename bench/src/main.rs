@@ -241,16 +241,20 @@ async fn bench_sandbox(args: &Args, creates: usize, execs: usize) -> Result<()> 
         crun_run.push(t.elapsed());
         let _ = crun(&state, &["delete", "-f", &id]).output();
     }
-    run_ok(crun(
+    // The detached container would inherit a stderr pipe and hold it open forever: give it none.
+    let sleep_bundle = work.path().join("sleep");
+    let mut detached = crun(
         &state,
         &[
             "run",
             "--detach",
             "--bundle",
-            &work.path().join("sleep").to_string_lossy(),
+            &sleep_bundle.to_string_lossy(),
             "vvbench-sleep",
         ],
-    ))?;
+    );
+    detached.stderr(Stdio::null());
+    anyhow::ensure!(detached.status()?.success(), "crun run --detach failed");
     let mut crun_exec = Vec::new();
     for _ in 0..execs.min(100) {
         let t = Instant::now();

@@ -1,12 +1,14 @@
 //! The agent's error type: a protocol [`ErrorCode`] plus a message with context.
 
-use vivarium_proto::{ErrorCode, Response};
+use vivarium_proto::{ErrorBody, ErrorCode, Response};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct AgentError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field the error is about, when there is one.
+    pub field: Option<String>,
 }
 
 impl AgentError {
@@ -14,7 +16,14 @@ impl AgentError {
         AgentError {
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// Names the request field the error is about (`x`, `keys`, `id`...).
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -35,7 +44,11 @@ impl AgentError {
     }
 
     pub fn into_response(self) -> Response {
-        Response::error(self.code, self.message)
+        Response::Error(ErrorBody {
+            code: self.code,
+            message: self.message,
+            field: self.field,
+        })
     }
 }
 

@@ -13,7 +13,9 @@ use vivarium_proto::{
 };
 
 use crate::error::{AgentError, Result};
-use crate::process::{read_chunk, signal_group, GroupGuard, OutputMode, Spawned, Spawner, StdinMode};
+use crate::process::{
+    read_chunk, signal_group, GroupGuard, OutputMode, Spawned, Spawner, StdinMode,
+};
 
 /// How long output is still collected after the process exited, when a descendant that left the
 /// process group (daemonized) keeps the pipes open. Normally the pipes hit EOF at exit.

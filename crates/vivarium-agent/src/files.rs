@@ -82,7 +82,8 @@ pub async fn stat(path: String) -> Result<FileStat> {
 
 /// Opens a regular file for reading (following symlinks) and returns it with its metadata.
 fn open_for_read(path: &Path) -> Result<(File, FileStat)> {
-    let file = File::open(path).map_err(|e| AgentError::io(e, format!("open {}", path.display())))?;
+    let file =
+        File::open(path).map_err(|e| AgentError::io(e, format!("open {}", path.display())))?;
     let md = file
         .metadata()
         .map_err(|e| AgentError::io(e, format!("stat {}", path.display())))?;
@@ -138,7 +139,9 @@ pub async fn read_stream(
         .map_err(|_| closed())?;
     let mut file = Some(file);
     loop {
-        let mut f = file.take().ok_or_else(|| AgentError::internal("file handle lost"))?;
+        let mut f = file
+            .take()
+            .ok_or_else(|| AgentError::internal("file handle lost"))?;
         let path = path.clone();
         let (f, data) = blocking(move || {
             let mut buf = BytesMut::zeroed(chunk);
@@ -362,7 +365,8 @@ pub async fn list_dir(path: String, depth: u32) -> Result<Vec<FileEntry>> {
                 Err(e) => return Err(AgentError::io(e, format!("list {}", dir.display()))),
             };
             for entry in rd {
-                let entry = entry.map_err(|e| AgentError::io(e, format!("list {}", dir.display())))?;
+                let entry =
+                    entry.map_err(|e| AgentError::io(e, format!("list {}", dir.display())))?;
                 let p = entry.path();
                 let md = match fs::symlink_metadata(&p) {
                     Ok(md) => md,

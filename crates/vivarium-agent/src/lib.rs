@@ -12,6 +12,7 @@
 //! The agent never calls NSS functions (getpwnam...), which are what breaks static glibc binaries;
 //! users are resolved from the sandbox's /etc/passwd and /etc/group by [`users`].
 
+pub mod desktop;
 pub mod error;
 pub mod exec;
 pub mod files;

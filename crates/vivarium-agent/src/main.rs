@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+use vivarium_agent::desktop::{self, DesktopService};
 use vivarium_agent::process::{signal_group, Spawner};
 use vivarium_agent::procs::ProcessTable;
 use vivarium_agent::reaper::Reaper;
@@ -23,7 +24,11 @@ use vivarium_agent::services::{self, ServiceSpec};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
-#[command(name = "vivarium-agent", version, about = "vivarium guest agent (sandbox PID 1)")]
+#[command(
+    name = "vivarium-agent",
+    version,
+    about = "vivarium guest agent (sandbox PID 1)"
+)]
 struct Args {
     /// Unix socket to serve the protocol on (replaced if it exists, mode 0600).
     #[arg(long)]
@@ -34,6 +39,9 @@ struct Args {
     /// A service to start and keep running: NAME=SHELL COMMAND (repeatable).
     #[arg(long = "service", value_parser = ServiceSpec::parse_cli)]
     services: Vec<ServiceSpec>,
+    /// Start a desktop session (Xvfb, openbox, Chromium, x11vnc, noVNC) at WIDTHxHEIGHT.
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = desktop::parse_size)]
+    desktop: Option<(u32, u32)>,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,14 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    if args.desktop.is_some() {
+        // Every process of a desktop sandbox (execs, services, the session) sees the desktop.
+        // Set while the process is still single-threaded (before the runtime starts), which is
+        // what makes set_var sound.
+        for (k, v) in desktop::session_env() {
+            std::env::set_var(k, v);
+        }
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         // A session of our own, detached from whatever started the container (CRIU needs it).
@@ -90,7 +106,8 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
             return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
         }
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(listener)
@@ -111,14 +128,25 @@ async fn run(args: Args, pid1: bool) -> anyhow::Result<()> {
         reaper: Arc::clone(&reaper),
         etc_dir: args.etc_dir,
     });
+    let desktop = match args.desktop {
+        Some((width, height)) => Some(
+            DesktopService::start(width, height, Arc::clone(&reaper))
+                .context("starting the desktop session thread")?,
+        ),
+        None => None,
+    };
     let agent = Arc::new(Agent {
         spawner,
         procs: Arc::new(ProcessTable::default()),
         started: Instant::now(),
+        desktop: desktop.clone(),
     });
     let shutdown = CancellationToken::new();
-    let service_tasks: Vec<_> = args
-        .services
+    let mut services = args.services;
+    if desktop.is_some() {
+        services.extend(desktop::novnc_service());
+    }
+    let service_tasks: Vec<_> = services
         .into_iter()
         .map(|spec| services::supervise(Arc::clone(&service_spawner), spec, shutdown.clone()))
         .collect();
@@ -129,7 +157,11 @@ async fn run(args: Args, pid1: bool) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "agent listening"
     );
-    let server = tokio::spawn(server::serve(listener, Arc::clone(&agent), shutdown.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&agent),
+        shutdown.clone(),
+    ));
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -139,6 +171,10 @@ async fn run(args: Args, pid1: bool) -> anyhow::Result<()> {
     let _ = server.await;
     for task in service_tasks {
         let _ = task.await;
+    }
+    if let Some(d) = desktop {
+        // Stops the components in reverse order (SIGTERM, then SIGKILL after 2 s each).
+        let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
     }
     terminate_children(&reaper, pid1).await;
     if let Err(e) = std::fs::remove_file(&args.listen) {
@@ -170,7 +206,10 @@ async fn terminate_children(reaper: &Reaper, pid1: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if !reaper.live_children().is_empty() {
-        tracing::warn!(left = reaper.live_children().len(), "children ignored SIGTERM; killing");
+        tracing::warn!(
+            left = reaper.live_children().len(),
+            "children ignored SIGTERM; killing"
+        );
         send(Signal::SIGKILL);
     }
 }

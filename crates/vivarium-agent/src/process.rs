@@ -122,10 +122,9 @@ impl Spawner {
             }
         }
 
-        cmd.stdin(match stdin {
-            StdinMode::Null => Stdio::null(),
-            StdinMode::Pipe => Stdio::piped(),
-        });
+        // Also a pipe for `Null` (closed right after the spawn, so the child reads EOF):
+        // Stdio::null() opens /dev/null, which a minimal image may not have.
+        cmd.stdin(Stdio::piped());
         match output {
             OutputMode::Pipe => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -158,6 +157,7 @@ impl Spawner {
             stdin: child
                 .stdin
                 .take()
+                .filter(|_| stdin == StdinMode::Pipe)
                 .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
                 .transpose()
                 .map_err(wrap)?,
@@ -207,7 +207,10 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
-            tracing::debug!(pgid = self.pgid, "killing process group of a cancelled exec");
+            tracing::debug!(
+                pgid = self.pgid,
+                "killing process group of a cancelled exec"
+            );
             signal_group(self.pgid, Signal::SIGKILL);
         }
     }

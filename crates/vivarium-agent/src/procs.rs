@@ -246,10 +246,7 @@ impl ProcessTable {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| AgentError::invalid(format!("invalid pid {pid}")))?;
-        let tracked_running = self
-            .lock()
-            .get(&pid)
-            .map(|p| p.exit.borrow().is_none());
+        let tracked_running = self.lock().get(&pid).map(|p| p.exit.borrow().is_none());
         match tracked_running {
             Some(true) => {
                 signal_group(pid, sig);

@@ -22,6 +22,7 @@ use vivarium_proto::{
     AgentInfo, ErrorCode, Frame, FrameCodec, Rejected, Request, Response, PROTOCOL_VERSION,
 };
 
+use crate::desktop::DesktopService;
 use crate::error::{AgentError, Result};
 use crate::exec;
 use crate::files;
@@ -33,6 +34,8 @@ pub struct Agent {
     pub spawner: Spawner,
     pub procs: Arc<ProcessTable>,
     pub started: Instant,
+    /// The desktop session, when the agent runs with `--desktop`.
+    pub desktop: Option<Arc<DesktopService>>,
 }
 
 /// Frames queued per connection towards the writer.
@@ -325,6 +328,17 @@ async fn handle_request(
         } => {
             files::mkdir(path, mode, parents).await?;
             reply(Response::Ok)
+        }
+        Request::Desktop(action) => {
+            let desktop = agent.desktop.as_ref().ok_or_else(|| {
+                AgentError::invalid(format!(
+                    "{}: this sandbox has no desktop session (the agent runs without --desktop)",
+                    action.name()
+                ))
+                .with_field("action")
+            })?;
+            let (result, data) = desktop.handle(action).await?;
+            Frame::with_payload(stream, Response::Desktop { result }, data)
         }
         Request::StdinData
         | Request::StdinClose

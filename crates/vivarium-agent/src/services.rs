@@ -64,7 +64,8 @@ pub fn supervise(
         while !shutdown.is_cancelled() {
             starts += 1;
             let began = Instant::now();
-            let status = match spawner.spawn(&spec.exec, StdinMode::Null, OutputMode::InheritStderr) {
+            let status = match spawner.spawn(&spec.exec, StdinMode::Null, OutputMode::InheritStderr)
+            {
                 Ok(child) => {
                     tracing::info!(service = %spec.name, pid = child.pid, starts, "service started");
                     let mut exit = child.exit;

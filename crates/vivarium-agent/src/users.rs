@@ -102,17 +102,12 @@ pub fn resolve(spec: &str, etc: &Path) -> Result<ResolvedUser> {
 
     let entry = match user_part.parse::<u32>() {
         Ok(uid) => passwd.iter().find(|p| p.uid == uid),
-        Err(_) => Some(
-            passwd
-                .iter()
-                .find(|p| p.name == user_part)
-                .ok_or_else(|| {
-                    AgentError::new(
-                        ErrorCode::NotFound,
-                        format!("user {user_part:?} not found in the sandbox's /etc/passwd"),
-                    )
-                })?,
-        ),
+        Err(_) => Some(passwd.iter().find(|p| p.name == user_part).ok_or_else(|| {
+            AgentError::new(
+                ErrorCode::NotFound,
+                format!("user {user_part:?} not found in the sandbox's /etc/passwd"),
+            )
+        })?),
     };
     let (uid, mut gid, name, home) = match entry {
         Some(p) => (p.uid, p.gid, Some(p.name.clone()), p.home.clone()),
@@ -200,7 +195,9 @@ mod tests {
             ErrorCode::NotFound
         );
         assert_eq!(
-            resolve("alice:nogroup", d.path()).expect_err("unknown group").code,
+            resolve("alice:nogroup", d.path())
+                .expect_err("unknown group")
+                .code,
             ErrorCode::NotFound
         );
         assert_eq!(

@@ -115,7 +115,10 @@ async fn exec_output_exit_codes_env_cwd_stdin() {
     let a = Agent::start().await;
     let c = &a.client;
 
-    let r = c.exec(req(&["echo", "hello", "world"])).await.expect("echo");
+    let r = c
+        .exec(req(&["echo", "hello", "world"]))
+        .await
+        .expect("echo");
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(&r.stdout[..], b"hello world\n");
     assert!(r.stderr.is_empty());
@@ -136,7 +139,11 @@ async fn exec_output_exit_codes_env_cwd_stdin() {
     let r = c.exec(e).await.expect("cwd");
     assert_eq!(
         String::from_utf8_lossy(&r.stdout).trim_end(),
-        a.dir.path().canonicalize().expect("canon").to_string_lossy()
+        a.dir
+            .path()
+            .canonicalize()
+            .expect("canon")
+            .to_string_lossy()
     );
 
     let mut e = req(&["sh", "-c", "wc -c; cat /dev/null"]);
@@ -239,7 +246,9 @@ async fn streaming_exec_delivers_events_in_order() {
     let a = Agent::start().await;
     let mut s = a
         .client
-        .exec_stream(sh("echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three; exit 7"))
+        .exec_stream(sh(
+            "echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three; exit 7",
+        ))
         .await
         .expect("stream");
     let mut events = Vec::new();
@@ -266,7 +275,9 @@ async fn streaming_exec_delivers_events_in_order() {
 async fn streaming_exec_stdin_round_trip() {
     let a = Agent::start().await;
     let mut s = a.client.exec_stream(req(&["cat"])).await.expect("stream");
-    s.write_stdin(Bytes::from_static(b"ping\n")).await.expect("write");
+    s.write_stdin(Bytes::from_static(b"ping\n"))
+        .await
+        .expect("write");
     let mut got = Vec::new();
     while got != b"ping\n" {
         match s.next().await.expect("event").expect("ok") {
@@ -388,8 +399,14 @@ async fn fifty_mib_streamed_round_trip_is_byte_exact() {
         .write_file_stream(&path, opts, futures::stream::iter(chunks))
         .await
         .expect("upload");
-    assert_eq!((st.size, st.mode, st.file_type), (data.len() as u64, 0o600, FileType::File));
-    assert_eq!(hex::encode(Sha256::digest(std::fs::read(&path).expect("on disk"))), want);
+    assert_eq!(
+        (st.size, st.mode, st.file_type),
+        (data.len() as u64, 0o600, FileType::File)
+    );
+    assert_eq!(
+        hex::encode(Sha256::digest(std::fs::read(&path).expect("on disk"))),
+        want
+    );
 
     let (stat, mut body) = a.client.read_file_stream(&path).await.expect("download");
     assert_eq!(stat.size, data.len() as u64);
@@ -409,7 +426,10 @@ async fn fifty_mib_streamed_round_trip_is_byte_exact() {
         .write_file(&path2, data.clone(), WriteOptions::default())
         .await
         .expect("big whole write");
-    assert_eq!(std::fs::metadata(&path2).expect("copy").len(), data.len() as u64);
+    assert_eq!(
+        std::fs::metadata(&path2).expect("copy").len(),
+        data.len() as u64
+    );
     // Too large for a whole read: a typed error pointing at the streamed read.
     let e = a.client.read_file(&path2).await.expect_err("too big");
     assert_eq!(agent_code(e), ErrorCode::InvalidArgument);
@@ -450,11 +470,19 @@ async fn file_operations_and_errors() {
     let st = c.stat(&format!("{root}/a/b")).await.expect("stat dir");
     assert_eq!((st.file_type, st.mode), (FileType::Dir, 0o750));
     assert_eq!(
-        agent_code(c.mkdir(&format!("{root}/a"), None, false).await.expect_err("exists")),
+        agent_code(
+            c.mkdir(&format!("{root}/a"), None, false)
+                .await
+                .expect_err("exists")
+        ),
         ErrorCode::AlreadyExists
     );
     assert_eq!(
-        agent_code(c.mkdir(&format!("{root}/x/y"), None, false).await.expect_err("no parent")),
+        agent_code(
+            c.mkdir(&format!("{root}/x/y"), None, false)
+                .await
+                .expect_err("no parent")
+        ),
         ErrorCode::NotFound
     );
 
@@ -463,7 +491,10 @@ async fn file_operations_and_errors() {
         .write_file(&f, Bytes::from_static(b"hi there"), WriteOptions::default())
         .await
         .expect("write");
-    assert_eq!((st.size, st.mode, st.name.as_str()), (8, 0o644, "hello.txt"));
+    assert_eq!(
+        (st.size, st.mode, st.name.as_str()),
+        (8, 0o644, "hello.txt")
+    );
     assert_eq!(&c.read_file(&f).await.expect("read")[..], b"hi there");
     std::os::unix::fs::symlink("hello.txt", format!("{root}/a/link")).expect("symlink");
 
@@ -482,7 +513,11 @@ async fn file_operations_and_errors() {
     assert!(entries[2].mtime_ms > 1_600_000_000_000);
 
     assert_eq!(
-        agent_code(c.read_file(&format!("{root}/nope")).await.expect_err("missing")),
+        agent_code(
+            c.read_file(&format!("{root}/nope"))
+                .await
+                .expect_err("missing")
+        ),
         ErrorCode::NotFound
     );
     assert_eq!(
@@ -511,9 +546,13 @@ async fn file_operations_and_errors() {
     );
     assert_eq!(
         agent_code(
-            c.write_file(&format!("{root}/q/r/s"), Bytes::new(), WriteOptions::default())
-                .await
-                .expect_err("no parents")
+            c.write_file(
+                &format!("{root}/q/r/s"),
+                Bytes::new(),
+                WriteOptions::default()
+            )
+            .await
+            .expect_err("no parents")
         ),
         ErrorCode::NotFound
     );
@@ -535,10 +574,16 @@ async fn file_operations_and_errors() {
 async fn version_mismatch_gets_a_typed_error() {
     let a = Agent::start().await;
     let sock: PathBuf = a.client.socket().to_path_buf();
-    let mut conn = tokio::net::UnixStream::connect(&sock).await.expect("connect");
+    let mut conn = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
     let mut buf = BytesMut::new();
-    encode_with_version(PROTOCOL_VERSION + 1, &Frame::new(77, Request::Info), &mut buf)
-        .expect("encode");
+    encode_with_version(
+        PROTOCOL_VERSION + 1,
+        &Frame::new(77, Request::Info),
+        &mut buf,
+    )
+    .expect("encode");
     // A frame of the right version after it still gets served on the same connection.
     encode_with_version(PROTOCOL_VERSION, &Frame::new(78, Request::Info), &mut buf)
         .expect("encode");
@@ -581,7 +626,11 @@ async fn services_are_restarted_when_they_exit() {
 #[tokio::test]
 async fn sigterm_stops_children_and_exits_cleanly() {
     let mut a = Agent::start().await;
-    let p = a.client.spawn(req(&["sleep", "1000"])).await.expect("spawn");
+    let p = a
+        .client
+        .spawn(req(&["sleep", "1000"]))
+        .await
+        .expect("spawn");
     let sock = a.client.socket().to_path_buf();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(a.child.id() as i32),
@@ -597,7 +646,11 @@ async fn sigterm_stops_children_and_exits_cleanly() {
 #[tokio::test]
 async fn concurrent_requests_do_not_block_each_other() {
     let a = Agent::start().await;
-    let slow = a.client.exec_stream(req(&["sleep", "1000"])).await.expect("slow");
+    let slow = a
+        .client
+        .exec_stream(req(&["sleep", "1000"]))
+        .await
+        .expect("slow");
     let quick: Vec<_> = (0..8)
         .map(|i| {
             let c = a.client.clone();

@@ -19,6 +19,16 @@ use vivarium_proto::{AgentClient, ClientError, ExecRequest, WriteOptions};
 
 const PT_INTERP: u32 = 3;
 
+/// Stops the agent if an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Program header types of an ELF64 little-endian file (hand-parsed: three fields, no need for
 /// an ELF crate).
 fn program_header_types(elf: &[u8]) -> Vec<u32> {
@@ -84,7 +94,7 @@ async fn static_binary_serves_from_an_empty_chroot() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("start agent in chroot");
+    let mut child = KillOnDrop(cmd.spawn().expect("start agent in chroot"));
 
     let client = AgentClient::new(root.path().join("run/agent.sock"));
     let give_up = Instant::now() + Duration::from_secs(20);
@@ -97,7 +107,7 @@ async fn static_binary_serves_from_an_empty_chroot() {
             Err(e) => panic!("static agent did not come up: {e}"),
         }
     };
-    assert_eq!(info.pid, child.id());
+    assert_eq!(info.pid, child.0.id());
 
     // Spawning works without libc in the root (the only program there is the agent itself), also
     // as a numeric user with no /etc/passwd.
@@ -108,15 +118,25 @@ async fn static_binary_serves_from_an_empty_chroot() {
     assert!(String::from_utf8_lossy(&r.stdout).starts_with("vivarium-agent "));
 
     client
-        .write_file("/data/x", "hi".into(), WriteOptions { create_parents: true, ..Default::default() })
+        .write_file(
+            "/data/x",
+            "hi".into(),
+            WriteOptions {
+                create_parents: true,
+                ..Default::default()
+            },
+        )
         .await
         .expect("write");
-    assert_eq!(std::fs::read(root.path().join("data/x")).expect("read"), b"hi");
+    assert_eq!(
+        std::fs::read(root.path().join("data/x")).expect("read"),
+        b"hi"
+    );
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    assert!(child.wait().expect("wait").success());
+    assert!(child.0.wait().expect("wait").success());
 }

@@ -4,6 +4,8 @@
 //! the Rust client (`vivarium-client`) does the reverse, so the two cannot drift apart. Field names
 //! follow what agent developers already use (`image`, `vcpus`, `mem_mib`, `timeout_s`, `exit_code`…).
 
+pub mod desktop;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -50,7 +52,21 @@ pub struct CreateRunRequest {
     /// `nat` (default): own network namespace with NAT egress. `none`: loopback only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkMode>,
+    /// Desktop screen size `[width, height]` (default 1280×800). Desktop images only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<[u32; 2]>,
+    /// Start the desktop session (Xvfb, window manager, Chromium, VNC). Default: on when the image
+    /// is a desktop image (label `org.vivarium.image=desktop`), off otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<bool>,
 }
+
+/// Default desktop resolution.
+pub const DEFAULT_RESOLUTION: [u32; 2] = [1280, 800];
+/// Image label that marks a desktop image.
+pub const DESKTOP_LABEL: &str = "org.vivarium.image";
+/// Value of [`DESKTOP_LABEL`] on desktop images.
+pub const DESKTOP_LABEL_VALUE: &str = "desktop";
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +106,25 @@ pub struct Run {
     /// How many processes the kernel OOM-killed in this sandbox so far.
     #[serde(default)]
     pub oom_kills: u64,
+    /// Opens this sandbox's port proxy (`/sb/{id}/p/{port}/…?token=`) without the API key, so
+    /// the URLs below can be handed to a browser or to Playwright.
+    #[serde(default)]
+    pub access_token: String,
+    /// Desktop sandboxes: the screen and the URLs to drive and watch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<DesktopInfo>,
+    /// Chrome DevTools Protocol endpoint through the port proxy (for `connect_over_cdp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdp_url: Option<String>,
+    /// The noVNC live view through the port proxy, connected and scaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DesktopInfo {
+    pub width: u32,
+    pub height: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

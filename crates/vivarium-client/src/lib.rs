@@ -461,6 +461,65 @@ impl Client {
         .await
     }
 
+    // ---- desktop ----
+
+    /// Runs one desktop action (`POST /v1/runs/{id}/desktop/{action}`). Screenshots come back with
+    /// the image base64-encoded in `data`; [`Client::screenshot`] fetches raw bytes instead.
+    pub async fn desktop_action(
+        &self,
+        id: &str,
+        action: &desktop::DesktopAction,
+    ) -> Result<desktop::ActionResult> {
+        self.post(&format!("/v1/runs/{id}/desktop/{}", action.name()), action)
+            .await
+    }
+
+    /// Runs several desktop actions in order in one request, stopping at the first error.
+    pub async fn desktop_actions(
+        &self,
+        id: &str,
+        actions: &[desktop::DesktopAction],
+    ) -> Result<Vec<desktop::ActionResult>> {
+        let batch = desktop::ActionBatch {
+            actions: actions.to_vec(),
+        };
+        let r: desktop::BatchResult = self
+            .post(&format!("/v1/runs/{id}/desktop/actions"), &batch)
+            .await?;
+        Ok(r.results)
+    }
+
+    /// The screen as an encoded image (`GET /v1/runs/{id}/desktop/screenshot`), no base64.
+    pub async fn screenshot(
+        &self,
+        id: &str,
+        format: desktop::ImageFormat,
+        quality: Option<u8>,
+    ) -> Result<Bytes> {
+        let mut q: Vec<(&str, String)> = vec![(
+            "format",
+            match format {
+                desktop::ImageFormat::Png => "png",
+                desktop::ImageFormat::Jpeg => "jpeg",
+                desktop::ImageFormat::Webp => "webp",
+            }
+            .to_string(),
+        )];
+        if let Some(quality) = quality {
+            q.push(("quality", quality.to_string()));
+        }
+        let resp = self
+            .send(
+                self.req(Method::GET, &format!("/v1/runs/{id}/desktop/screenshot"))
+                    .query(&q),
+            )
+            .await?;
+        resp.bytes().await.map_err(|source| ClientError::Http {
+            url: self.base.clone(),
+            source,
+        })
+    }
+
     /// Raw request for tests that need to send malformed input.
     pub async fn raw(
         &self,

@@ -31,14 +31,33 @@ pub(crate) struct ClipboardOwner {
 
 impl ClipboardOwner {
     fn start(display: &str, text: String) -> Result<ClipboardOwner> {
-        let (conn, screen_num) = RustConnection::connect(Some(display))
-            .map_err(|source| DesktopError::Connect { display: display.to_string(), source })?;
-        let atoms = Atoms::new(&conn).ctx("intern atoms")?.reply().ctx("intern atoms")?;
+        let (conn, screen_num) =
+            RustConnection::connect(Some(display)).map_err(|source| DesktopError::Connect {
+                display: display.to_string(),
+                source,
+            })?;
+        let atoms = Atoms::new(&conn)
+            .ctx("intern atoms")?
+            .reply()
+            .ctx("intern atoms")?;
         let root = conn.setup().roots[screen_num].root;
         let window = conn.generate_id()?;
-        conn.create_window(0, window, root, -10, -10, 1, 1, 0, WindowClass::INPUT_ONLY, 0, &CreateWindowAux::new())
-            .ctx("create clipboard window")?;
-        conn.set_selection_owner(window, atoms.CLIPBOARD, x11rb::CURRENT_TIME).ctx("set selection owner")?;
+        conn.create_window(
+            0,
+            window,
+            root,
+            -10,
+            -10,
+            1,
+            1,
+            0,
+            WindowClass::INPUT_ONLY,
+            0,
+            &CreateWindowAux::new(),
+        )
+        .ctx("create clipboard window")?;
+        conn.set_selection_owner(window, atoms.CLIPBOARD, x11rb::CURRENT_TIME)
+            .ctx("set selection owner")?;
         let owner = conn
             .get_selection_owner(atoms.CLIPBOARD)
             .ctx("get selection owner")?
@@ -46,7 +65,9 @@ impl ClipboardOwner {
             .ctx("get selection owner")?
             .owner;
         if owner != window {
-            return Err(DesktopError::Clipboard("could not take ownership of CLIPBOARD".into()));
+            return Err(DesktopError::Clipboard(
+                "could not take ownership of CLIPBOARD".into(),
+            ));
         }
         let text = Arc::new(Mutex::new(text));
         let alive = Arc::new(AtomicBool::new(true));
@@ -61,8 +82,16 @@ impl ClipboardOwner {
                 let _ = conn.destroy_window(window);
                 let _ = conn.flush();
             })
-            .map_err(|e| DesktopError::Io { context: "spawn clipboard thread".into(), source: e })?;
-        Ok(ClipboardOwner { window, text, alive, thread: Some(thread) })
+            .map_err(|e| DesktopError::Io {
+                context: "spawn clipboard thread".into(),
+                source: e,
+            })?;
+        Ok(ClipboardOwner {
+            window,
+            text,
+            alive,
+            thread: Some(thread),
+        })
     }
 
     /// Ask the thread to quit (a ClientMessage wakes its blocking event wait) and join it.
@@ -78,25 +107,53 @@ impl ClipboardOwner {
     }
 }
 
-fn serve(conn: &RustConnection, atoms: &Atoms, window: xproto::Window, text: &Mutex<String>) -> Result<()> {
+fn serve(
+    conn: &RustConnection,
+    atoms: &Atoms,
+    window: xproto::Window,
+    text: &Mutex<String>,
+) -> Result<()> {
     loop {
         match conn.wait_for_event().ctx("clipboard wait")? {
             Event::SelectionRequest(req) => {
-                let property = if req.property == x11rb::NONE { req.target } else { req.property };
+                let property = if req.property == x11rb::NONE {
+                    req.target
+                } else {
+                    req.property
+                };
                 let data = lock(text).clone();
                 let ok = if req.target == atoms.TARGETS {
                     let targets = [atoms.TARGETS, atoms.UTF8_STRING, atoms.TEXT, atoms.STRING];
-                    conn.change_property32(PropMode::REPLACE, req.requestor, property, AtomEnum::ATOM, &targets)
-                        .ctx("answer TARGETS")?;
+                    conn.change_property32(
+                        PropMode::REPLACE,
+                        req.requestor,
+                        property,
+                        AtomEnum::ATOM,
+                        &targets,
+                    )
+                    .ctx("answer TARGETS")?;
                     true
                 } else if [atoms.UTF8_STRING, atoms.TEXT, atoms.STRING].contains(&req.target) {
                     if data.len() + 64 > conn.maximum_request_bytes() {
-                        warn!(bytes = data.len(), "clipboard text too large for one property (INCR not supported)");
+                        warn!(
+                            bytes = data.len(),
+                            "clipboard text too large for one property (INCR not supported)"
+                        );
                         false
                     } else {
-                        let ty = if req.target == atoms.STRING { atoms.STRING } else { atoms.UTF8_STRING };
-                        conn.change_property8(PropMode::REPLACE, req.requestor, property, ty, data.as_bytes())
-                            .ctx("answer selection")?;
+                        let ty = if req.target == atoms.STRING {
+                            atoms.STRING
+                        } else {
+                            atoms.UTF8_STRING
+                        };
+                        conn.change_property8(
+                            PropMode::REPLACE,
+                            req.requestor,
+                            property,
+                            ty,
+                            data.as_bytes(),
+                        )
+                        .ctx("answer selection")?;
                         true
                     }
                 } else {
@@ -111,14 +168,17 @@ fn serve(conn: &RustConnection, atoms: &Atoms, window: xproto::Window, text: &Mu
                     target: req.target,
                     property: if ok { property } else { x11rb::NONE },
                 };
-                conn.send_event(false, req.requestor, EventMask::NO_EVENT, notify).ctx("send SelectionNotify")?;
+                conn.send_event(false, req.requestor, EventMask::NO_EVENT, notify)
+                    .ctx("send SelectionNotify")?;
                 conn.flush().ctx("flush")?;
             }
             Event::SelectionClear(_) => {
                 debug!("another client took the CLIPBOARD");
                 return Ok(());
             }
-            Event::ClientMessage(m) if m.window == window && m.type_ == atoms.VIVARIUM_QUIT => return Ok(()),
+            Event::ClientMessage(m) if m.window == window && m.type_ == atoms.VIVARIUM_QUIT => {
+                return Ok(())
+            }
             _ => {}
         }
     }
@@ -167,15 +227,25 @@ impl Desktop {
                 return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
             }
         }
-        Err(DesktopError::Clipboard("the owner offers neither UTF8_STRING nor STRING".into()))
+        Err(DesktopError::Clipboard(
+            "the owner offers neither UTF8_STRING nor STRING".into(),
+        ))
     }
 
     fn convert_selection(&self, target: xproto::Atom) -> Result<Option<Vec<u8>>> {
         let _guard = lock(&self.events);
         let prop = self.atoms.VIVARIUM_SELECTION;
-        self.conn.delete_property(self.helper_window, prop).ctx("delete property")?;
         self.conn
-            .convert_selection(self.helper_window, self.atoms.CLIPBOARD, target, prop, x11rb::CURRENT_TIME)
+            .delete_property(self.helper_window, prop)
+            .ctx("delete property")?;
+        self.conn
+            .convert_selection(
+                self.helper_window,
+                self.atoms.CLIPBOARD,
+                target,
+                prop,
+                x11rb::CURRENT_TIME,
+            )
             .ctx("convert selection")?;
         self.conn.flush().ctx("flush")?;
         let start = Instant::now();
@@ -201,12 +271,21 @@ impl Desktop {
         }
         let reply = self
             .conn
-            .get_property(true, self.helper_window, prop, AtomEnum::ANY, 0, u32::MAX / 4)
+            .get_property(
+                true,
+                self.helper_window,
+                prop,
+                AtomEnum::ANY,
+                0,
+                u32::MAX / 4,
+            )
             .ctx("get selection property")?
             .reply()
             .ctx("get selection property")?;
         if reply.type_ == self.atoms.INCR {
-            return Err(DesktopError::Clipboard("incremental (INCR) transfers are not supported".into()));
+            return Err(DesktopError::Clipboard(
+                "incremental (INCR) transfers are not supported".into(),
+            ));
         }
         Ok(Some(reply.value))
     }

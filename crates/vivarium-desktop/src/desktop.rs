@@ -90,7 +90,9 @@ pub struct Desktop {
 
 impl std::fmt::Debug for Desktop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Desktop").field("display", &self.display).finish_non_exhaustive()
+        f.debug_struct("Desktop")
+            .field("display", &self.display)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,13 +103,20 @@ impl Desktop {
             .map(str::to_string)
             .or_else(|| std::env::var("DISPLAY").ok())
             .unwrap_or_else(|| ":0".to_string());
-        let (conn, screen_num) = RustConnection::connect(Some(&display_name)).map_err(|source| {
-            DesktopError::Connect { display: display_name.clone(), source }
-        })?;
+        let (conn, screen_num) =
+            RustConnection::connect(Some(&display_name)).map_err(|source| {
+                DesktopError::Connect {
+                    display: display_name.clone(),
+                    source,
+                }
+            })?;
         let screen = &conn.setup().roots[screen_num];
         let root = screen.root;
         let root_depth = screen.root_depth;
-        let atoms = Atoms::new(&conn).ctx("intern atoms")?.reply().ctx("intern atoms")?;
+        let atoms = Atoms::new(&conn)
+            .ctx("intern atoms")?
+            .reply()
+            .ctx("intern atoms")?;
 
         if conn
             .extension_information(xtest::X11_EXTENSION_NAME)
@@ -116,19 +125,40 @@ impl Desktop {
         {
             return Err(DesktopError::MissingExtension("XTEST"));
         }
-        xtest::get_version(&conn, 2, 2).ctx("XTEST version")?.reply().ctx("XTEST version")?;
+        xtest::get_version(&conn, 2, 2)
+            .ctx("XTEST version")?
+            .reply()
+            .ctx("XTEST version")?;
 
-        let has_xfixes = match conn.extension_information(xfixes::X11_EXTENSION_NAME).ctx("query XFIXES")? {
-            Some(_) => xfixes::query_version(&conn, 4, 0).ctx("XFIXES version")?.reply().is_ok(),
+        let has_xfixes = match conn
+            .extension_information(xfixes::X11_EXTENSION_NAME)
+            .ctx("query XFIXES")?
+        {
+            Some(_) => xfixes::query_version(&conn, 4, 0)
+                .ctx("XFIXES version")?
+                .reply()
+                .is_ok(),
             None => false,
         };
-        let has_shm = match conn.extension_information(shm::X11_EXTENSION_NAME).ctx("query MIT-SHM")? {
-            Some(_) => shm::query_version(&conn).ctx("MIT-SHM version")?.reply().is_ok(),
+        let has_shm = match conn
+            .extension_information(shm::X11_EXTENSION_NAME)
+            .ctx("query MIT-SHM")?
+        {
+            Some(_) => shm::query_version(&conn)
+                .ctx("MIT-SHM version")?
+                .reply()
+                .is_ok(),
             None => false,
         };
-        let has_randr = conn.extension_information(randr::X11_EXTENSION_NAME).ctx("query RANDR")?.is_some();
+        let has_randr = conn
+            .extension_information(randr::X11_EXTENSION_NAME)
+            .ctx("query RANDR")?
+            .is_some();
         if has_randr {
-            conn.randr_query_version(1, 5).ctx("RANDR version")?.reply().ctx("RANDR version")?;
+            conn.randr_query_version(1, 5)
+                .ctx("RANDR version")?
+                .reply()
+                .ctx("RANDR version")?;
         }
 
         let helper_window = conn.generate_id()?;
@@ -183,15 +213,28 @@ impl Desktop {
 
     /// Current size of the screen (root window), following RandR changes.
     pub fn screen_size(&self) -> Result<ScreenSize> {
-        let g = self.conn.get_geometry(self.root).ctx("get root geometry")?.reply().ctx("get root geometry")?;
-        Ok(ScreenSize { width: g.width.into(), height: g.height.into() })
+        let g = self
+            .conn
+            .get_geometry(self.root)
+            .ctx("get root geometry")?
+            .reply()
+            .ctx("get root geometry")?;
+        Ok(ScreenSize {
+            width: g.width.into(),
+            height: g.height.into(),
+        })
     }
 
     /// Error unless (x, y) lies on the screen.
     pub fn check_point(&self, x: i32, y: i32) -> Result<ScreenSize> {
         let size = self.screen_size()?;
         if x < 0 || y < 0 || x as i64 >= size.width as i64 || y as i64 >= size.height as i64 {
-            return Err(DesktopError::OutOfBounds { x, y, width: size.width, height: size.height });
+            return Err(DesktopError::OutOfBounds {
+                x,
+                y,
+                width: size.width,
+                height: size.height,
+            });
         }
         Ok(size)
     }
@@ -200,7 +243,11 @@ impl Desktop {
     /// Also drains queued events this connection does not use (MappingNotify and the like), so the
     /// event queue does not grow, and notices keyboard mapping changes made by other clients.
     pub(crate) fn sync(&self) -> Result<()> {
-        self.conn.get_input_focus().ctx("sync")?.reply().ctx("sync")?;
+        self.conn
+            .get_input_focus()
+            .ctx("sync")?
+            .reply()
+            .ctx("sync")?;
         self.drain_events()
     }
 
@@ -225,16 +272,34 @@ impl Desktop {
     /// thing `xrandr --newmode/--addmode/--output --mode` does).
     pub fn set_resolution(&self, width: u32, height: u32) -> Result<()> {
         if !(64..=8192).contains(&width) || !(64..=8192).contains(&height) {
-            return Err(DesktopError::BadSize { width, height, reason: "each side must be 64..=8192" });
+            return Err(DesktopError::BadSize {
+                width,
+                height,
+                reason: "each side must be 64..=8192",
+            });
         }
         let c = &self.conn;
-        let res = c.randr_get_screen_resources(self.root).ctx("RandR resources")?.reply().ctx("RandR resources")?;
-        let output = *res.outputs.first().ok_or_else(|| DesktopError::Randr("no output".into()))?;
-        let oinfo = c.randr_get_output_info(output, res.config_timestamp).ctx("RandR output")?.reply().ctx("RandR output")?;
+        let res = c
+            .randr_get_screen_resources(self.root)
+            .ctx("RandR resources")?
+            .reply()
+            .ctx("RandR resources")?;
+        let output = *res
+            .outputs
+            .first()
+            .ok_or_else(|| DesktopError::Randr("no output".into()))?;
+        let oinfo = c
+            .randr_get_output_info(output, res.config_timestamp)
+            .ctx("RandR output")?
+            .reply()
+            .ctx("RandR output")?;
         let crtc = if oinfo.crtc != 0 {
             oinfo.crtc
         } else {
-            *oinfo.crtcs.first().ok_or_else(|| DesktopError::Randr("output has no CRTC".into()))?
+            *oinfo
+                .crtcs
+                .first()
+                .ok_or_else(|| DesktopError::Randr("output has no CRTC".into()))?
         };
         let names = split_mode_names(&res.names, &res.modes);
         let existing = res
@@ -269,14 +334,20 @@ impl Desktop {
                     .ctx("RandR create mode")?
                     .reply()
                     .ctx("RandR create mode")?;
-                c.randr_add_output_mode(output, created.mode).ctx("RandR add mode")?;
+                c.randr_add_output_mode(output, created.mode)
+                    .ctx("RandR add mode")?;
                 created.mode
             }
         };
         if !oinfo.modes.contains(&mode) && existing.is_some() {
-            c.randr_add_output_mode(output, mode).ctx("RandR add mode")?;
+            c.randr_add_output_mode(output, mode)
+                .ctx("RandR add mode")?;
         }
-        let range = c.randr_get_screen_size_range(self.root).ctx("RandR size range")?.reply().ctx("RandR size range")?;
+        let range = c
+            .randr_get_screen_size_range(self.root)
+            .ctx("RandR size range")?
+            .reply()
+            .ctx("RandR size range")?;
         if width > u32::from(range.max_width) || height > u32::from(range.max_height) {
             return Err(DesktopError::BadSize {
                 width,
@@ -290,17 +361,37 @@ impl Desktop {
         let grow = width > current.width || height > current.height;
         if grow {
             let (w, h) = (width.max(current.width), height.max(current.height));
-            c.randr_set_screen_size(self.root, w as u16, h as u16, mm(w), mm(h)).ctx("RandR screen size")?;
+            c.randr_set_screen_size(self.root, w as u16, h as u16, mm(w), mm(h))
+                .ctx("RandR screen size")?;
         }
         let set = c
-            .randr_set_crtc_config(crtc, x11rb::CURRENT_TIME, res.config_timestamp, 0, 0, mode, randr::Rotation::ROTATE0, &[output])
+            .randr_set_crtc_config(
+                crtc,
+                x11rb::CURRENT_TIME,
+                res.config_timestamp,
+                0,
+                0,
+                mode,
+                randr::Rotation::ROTATE0,
+                &[output],
+            )
             .ctx("RandR set crtc")?
             .reply()
             .ctx("RandR set crtc")?;
         if set.status != randr::SetConfig::SUCCESS {
-            return Err(DesktopError::Randr(format!("SetCrtcConfig failed: {:?}", set.status)));
+            return Err(DesktopError::Randr(format!(
+                "SetCrtcConfig failed: {:?}",
+                set.status
+            )));
         }
-        c.randr_set_screen_size(self.root, width as u16, height as u16, mm(width), mm(height)).ctx("RandR screen size")?;
+        c.randr_set_screen_size(
+            self.root,
+            width as u16,
+            height as u16,
+            mm(width),
+            mm(height),
+        )
+        .ctx("RandR screen size")?;
         self.sync()?;
         let now = self.screen_size()?;
         if now.width != width || now.height != height {

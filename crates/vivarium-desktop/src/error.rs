@@ -28,11 +28,27 @@ pub enum DesktopError {
     #[error("the X server lacks the {0} extension")]
     MissingExtension(&'static str),
     #[error("coordinates ({x}, {y}) are outside the {width}x{height} screen")]
-    OutOfBounds { x: i32, y: i32, width: u32, height: u32 },
+    OutOfBounds {
+        x: i32,
+        y: i32,
+        width: u32,
+        height: u32,
+    },
     #[error("region {x},{y} {w}x{h} is not inside the {width}x{height} screen")]
-    BadRegion { x: i32, y: i32, w: u32, h: u32, width: u32, height: u32 },
+    BadRegion {
+        x: i32,
+        y: i32,
+        w: u32,
+        h: u32,
+        width: u32,
+        height: u32,
+    },
     #[error("invalid size {width}x{height}: {reason}")]
-    BadSize { width: u32, height: u32, reason: &'static str },
+    BadSize {
+        width: u32,
+        height: u32,
+        reason: &'static str,
+    },
     #[error("unknown key name {0:?} (use X keysym names like Return, ctrl+a, alt+F4, or a single character)")]
     UnknownKey(String),
     #[error("empty key combination")]
@@ -42,7 +58,10 @@ pub enum DesktopError {
     #[error("unsupported pixel format: {0}")]
     PixelFormat(String),
     #[error("{format} encoding failed: {message}")]
-    Encode { format: &'static str, message: String },
+    Encode {
+        format: &'static str,
+        message: String,
+    },
     #[error("scaling failed: {0}")]
     Scale(String),
     #[error("cannot read image {path}: {message}")]

@@ -90,12 +90,23 @@ impl KeyboardState {
             .ctx("get keyboard mapping")?;
         let per = reply.keysyms_per_keycode as usize;
         let spare = (0..=(max - min) as usize)
-            .filter(|i| reply.keysyms[i * per..(i + 1) * per].iter().all(|&s| s == 0))
+            .filter(|i| {
+                reply.keysyms[i * per..(i + 1) * per]
+                    .iter()
+                    .all(|&s| s == 0)
+            })
             .map(|i| min + i as u8)
             // Keycodes below 9 and 255 are avoided: some clients treat them specially.
             .filter(|&kc| kc > 8 && kc < 255)
             .collect();
-        Ok(KeyboardState { min_keycode: min, per, syms: reply.keysyms, stale: false, spare, remapped: Vec::new() })
+        Ok(KeyboardState {
+            min_keycode: min,
+            per,
+            syms: reply.keysyms,
+            stale: false,
+            spare,
+            remapped: Vec::new(),
+        })
     }
 
     pub(crate) fn mark_stale(&mut self) {
@@ -108,7 +119,11 @@ impl KeyboardState {
             self.syms = fresh.syms;
             self.per = fresh.per;
             let ours: HashSet<u8> = self.remapped.iter().map(|r| r.0).collect();
-            self.spare = fresh.spare.into_iter().filter(|kc| !ours.contains(kc)).collect();
+            self.spare = fresh
+                .spare
+                .into_iter()
+                .filter(|kc| !ours.contains(kc))
+                .collect();
             self.stale = false;
         }
         Ok(())
@@ -132,7 +147,8 @@ impl KeyboardState {
         if self.per > 1 {
             row[1] = keysym;
         }
-        conn.change_keyboard_mapping(1, keycode, self.per as u8, &row).ctx("change keyboard mapping")?;
+        conn.change_keyboard_mapping(1, keycode, self.per as u8, &row)
+            .ctx("change keyboard mapping")?;
         let i = (keycode - self.min_keycode) as usize * self.per;
         self.syms[i..i + self.per].copy_from_slice(&row);
         Ok(())
@@ -146,7 +162,12 @@ impl KeyboardState {
         } else if !self.remapped.is_empty() {
             let (kc, _) = self.remapped.remove(0);
             if busy.contains(&kc) {
-                desktop.conn.get_input_focus().ctx("sync")?.reply().ctx("sync")?;
+                desktop
+                    .conn
+                    .get_input_focus()
+                    .ctx("sync")?
+                    .reply()
+                    .ctx("sync")?;
                 std::thread::sleep(REMAP_SETTLE);
             }
             kc
@@ -155,12 +176,22 @@ impl KeyboardState {
         };
         self.set_row(&desktop.conn, keycode, keysym)?;
         self.remapped.push((keycode, keysym));
-        debug!(keycode, keysym = format_args!("{keysym:#x}"), "remapped spare keycode");
+        debug!(
+            keycode,
+            keysym = format_args!("{keysym:#x}"),
+            "remapped spare keycode"
+        );
         Ok(keycode)
     }
 
     /// Keycode for `keysym`, remapping a spare keycode when the keymap has none.
-    fn resolve(&mut self, desktop: &Desktop, keysym: u32, busy: &HashSet<u8>, c: char) -> Result<(u8, bool)> {
+    fn resolve(
+        &mut self,
+        desktop: &Desktop,
+        keysym: u32,
+        busy: &HashSet<u8>,
+        c: char,
+    ) -> Result<(u8, bool)> {
         if let Some(found) = self.lookup(keysym) {
             if let Some(pos) = self.remapped.iter().position(|r| r.0 == found.0) {
                 // Recently used: move to the back of the eviction order.
@@ -185,7 +216,9 @@ impl KeyboardState {
 
 impl Desktop {
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> Result<()> {
-        self.conn.xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, self.root, x, y, 0).ctx("XTEST fake input")?;
+        self.conn
+            .xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, self.root, x, y, 0)
+            .ctx("XTEST fake input")?;
         Ok(())
     }
 
@@ -212,7 +245,13 @@ impl Desktop {
 
     /// Click `count` times (1 = click, 2 = double, 3 = triple) at (x, y) — or where the pointer is when
     /// `at` is `None` — holding `modifiers`.
-    pub fn click(&self, at: Option<Point>, button: MouseButton, count: u32, modifiers: &[Modifier]) -> Result<()> {
+    pub fn click(
+        &self,
+        at: Option<Point>,
+        button: MouseButton,
+        count: u32,
+        modifiers: &[Modifier],
+    ) -> Result<()> {
         if let Some(p) = at {
             self.check_point(p.x, p.y)?;
         }
@@ -283,7 +322,13 @@ impl Desktop {
     }
 
     /// Scroll `amount` notches in `direction` at (x, y) (or at the pointer).
-    pub fn scroll(&self, at: Option<Point>, direction: ScrollDirection, amount: u32, modifiers: &[Modifier]) -> Result<()> {
+    pub fn scroll(
+        &self,
+        at: Option<Point>,
+        direction: ScrollDirection,
+        amount: u32,
+        modifiers: &[Modifier],
+    ) -> Result<()> {
         if let Some(p) = at {
             self.check_point(p.x, p.y)?;
         }
@@ -306,8 +351,16 @@ impl Desktop {
 
     /// Where the pointer is.
     pub fn cursor_position(&self) -> Result<Point> {
-        let r = self.conn.query_pointer(self.root).ctx("query pointer")?.reply().ctx("query pointer")?;
-        Ok(Point { x: r.root_x.into(), y: r.root_y.into() })
+        let r = self
+            .conn
+            .query_pointer(self.root)
+            .ctx("query pointer")?
+            .reply()
+            .ctx("query pointer")?;
+        Ok(Point {
+            x: r.root_x.into(),
+            y: r.root_y.into(),
+        })
     }
 
     /// Type `text` as key presses. Characters without a key on the keymap are typed by temporarily
@@ -347,7 +400,8 @@ impl Desktop {
         let mut codes = Vec::with_capacity(syms.len() + 1);
         let last = syms.len() - 1;
         for (i, &ks) in syms.iter().enumerate() {
-            let (kc, needs_shift) = kb.resolve(self, ks, &busy, keys::keysym_to_char(ks).unwrap_or('?'))?;
+            let (kc, needs_shift) =
+                kb.resolve(self, ks, &busy, keys::keysym_to_char(ks).unwrap_or('?'))?;
             if i == last && needs_shift && !syms.contains(&sym::SHIFT_L) {
                 let (shift, _) = kb.resolve(self, sym::SHIFT_L, &busy, '\0')?;
                 codes.push(shift);

@@ -218,7 +218,12 @@ mod tests {
         assert_eq!(keysym_from_name("F12").unwrap(), 0xffc9);
         assert_eq!(keysym_from_name("Page_Down").unwrap(), 0xff56);
         assert_eq!(keysym_from_name("KP_Enter").unwrap(), 0xff8d);
-        assert_eq!(keysym_from_name("XF86AudioPlay").ok(), x11_keysymdef::lookup_by_name("XF86AudioPlay").map(|r| r.keysym).or(keysym_from_name("XF86AudioPlay").ok()));
+        assert_eq!(
+            keysym_from_name("XF86AudioPlay").ok(),
+            x11_keysymdef::lookup_by_name("XF86AudioPlay")
+                .map(|r| r.keysym)
+                .or(keysym_from_name("XF86AudioPlay").ok())
+        );
         assert_eq!(keysym_from_name("super").unwrap(), 0xffeb);
         assert_eq!(keysym_from_name("a").unwrap(), 0x61);
         assert_eq!(keysym_from_name("A").unwrap(), 0x41);
@@ -230,17 +235,28 @@ mod tests {
     #[test]
     fn combos() {
         assert_eq!(parse_combo("ctrl+a").unwrap(), vec![0xffe3, 0x61]);
-        assert_eq!(parse_combo("ctrl+shift+t").unwrap(), vec![0xffe3, 0xffe1, 0x74]);
+        assert_eq!(
+            parse_combo("ctrl+shift+t").unwrap(),
+            vec![0xffe3, 0xffe1, 0x74]
+        );
         assert_eq!(parse_combo("alt+F4").unwrap(), vec![0xffe9, 0xffc1]);
         assert_eq!(parse_combo("ctrl++").unwrap(), vec![0xffe3, 0x2b]);
         assert_eq!(parse_combo("+").unwrap(), vec![0x2b]);
-        assert_eq!(parse_combo("Control_L+Return").unwrap(), vec![0xffe3, 0xff0d]);
+        assert_eq!(
+            parse_combo("Control_L+Return").unwrap(),
+            vec![0xffe3, 0xff0d]
+        );
     }
 
     #[test]
     fn unknown_names_are_errors() {
-        assert!(matches!(keysym_from_name("NoSuchKey"), Err(DesktopError::UnknownKey(n)) if n == "NoSuchKey"));
-        assert!(matches!(parse_combo("ctrl+bogus"), Err(DesktopError::UnknownKey(_))));
+        assert!(
+            matches!(keysym_from_name("NoSuchKey"), Err(DesktopError::UnknownKey(n)) if n == "NoSuchKey")
+        );
+        assert!(matches!(
+            parse_combo("ctrl+bogus"),
+            Err(DesktopError::UnknownKey(_))
+        ));
         assert!(matches!(parse_combo("  "), Err(DesktopError::EmptyKey)));
     }
 

@@ -51,7 +51,13 @@ pub struct ScreenshotOptions {
 
 impl Default for ScreenshotOptions {
     fn default() -> Self {
-        ScreenshotOptions { format: ImageFormat::Png, quality: 80, region: None, scale_to: None, cursor: false }
+        ScreenshotOptions {
+            format: ImageFormat::Png,
+            quality: 80,
+            region: None,
+            scale_to: None,
+            cursor: false,
+        }
     }
 }
 
@@ -88,14 +94,21 @@ pub(crate) struct ShmSegment {
 
 impl ShmSegment {
     pub(crate) fn new(conn: &RustConnection, size: usize) -> Result<ShmSegment> {
-        let fd: OwnedFd = nix::sys::memfd::memfd_create(c"vivarium-shm", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(|e| DesktopError::Shm(format!("memfd_create: {e}")))?;
+        let fd: OwnedFd = nix::sys::memfd::memfd_create(
+            c"vivarium-shm",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )
+        .map_err(|e| DesktopError::Shm(format!("memfd_create: {e}")))?;
         let file = File::from(fd);
-        file.set_len(size as u64).map_err(|e| DesktopError::Shm(format!("ftruncate: {e}")))?;
+        file.set_len(size as u64)
+            .map_err(|e| DesktopError::Shm(format!("ftruncate: {e}")))?;
         // SAFETY: the memfd is private to this process and the X server; the server writes into it only
         // while we wait for a ShmGetImage reply, and we read it only after that reply arrived.
-        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| DesktopError::Shm(format!("mmap: {e}")))?;
-        let for_server = file.try_clone().map_err(|e| DesktopError::Shm(format!("dup: {e}")))?;
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }
+            .map_err(|e| DesktopError::Shm(format!("mmap: {e}")))?;
+        let for_server = file
+            .try_clone()
+            .map_err(|e| DesktopError::Shm(format!("dup: {e}")))?;
         let seg = conn.generate_id()?;
         conn.shm_attach_fd(seg, OwnedFd::from(for_server), false)
             .ctx("ShmAttachFd")?
@@ -122,10 +135,16 @@ fn bgrx_to_rgb(src: &[u8], pixels: usize) -> Vec<u8> {
 impl Desktop {
     fn check_pixel_format(&self) -> Result<()> {
         let setup = self.conn.setup();
-        let fmt = setup.pixmap_formats.iter().find(|f| f.depth == self.root_depth);
+        let fmt = setup
+            .pixmap_formats
+            .iter()
+            .find(|f| f.depth == self.root_depth);
         let screen = setup.roots.iter().find(|s| s.root == self.root);
         let visual = screen.and_then(|s| {
-            s.allowed_depths.iter().flat_map(|d| d.visuals.iter()).find(|v| v.visual_id == s.root_visual)
+            s.allowed_depths
+                .iter()
+                .flat_map(|d| d.visuals.iter())
+                .find(|v| v.visual_id == s.root_visual)
         });
         match (fmt, visual) {
             (Some(f), Some(v))
@@ -133,7 +152,10 @@ impl Desktop {
                     && setup.image_byte_order == xproto::ImageOrder::LSB_FIRST
                     && v.red_mask == 0xff0000
                     && v.green_mask == 0xff00
-                    && v.blue_mask == 0xff => Ok(()),
+                    && v.blue_mask == 0xff =>
+            {
+                Ok(())
+            }
             _ => Err(DesktopError::PixelFormat(format!(
                 "root depth {} is not 32-bit BGRX little-endian",
                 self.root_depth
@@ -145,7 +167,12 @@ impl Desktop {
     pub fn capture_rgb(&self, region: Option<Rect>, cursor: bool) -> Result<RgbImage> {
         self.check_pixel_format()?;
         let size = self.screen_size()?;
-        let r = region.unwrap_or(Rect { x: 0, y: 0, width: size.width, height: size.height });
+        let r = region.unwrap_or(Rect {
+            x: 0,
+            y: 0,
+            width: size.width,
+            height: size.height,
+        });
         if r.width == 0
             || r.height == 0
             || r.x < 0
@@ -228,11 +255,20 @@ impl Desktop {
         if cursor && self.has_xfixes {
             self.draw_cursor(&mut rgb, r)?;
         }
-        Ok(RgbImage { width: r.width, height: r.height, rgb })
+        Ok(RgbImage {
+            width: r.width,
+            height: r.height,
+            rgb,
+        })
     }
 
     fn draw_cursor(&self, rgb: &mut [u8], r: Rect) -> Result<()> {
-        let cur = self.conn.xfixes_get_cursor_image().ctx("XFixesGetCursorImage")?.reply().ctx("XFixesGetCursorImage")?;
+        let cur = self
+            .conn
+            .xfixes_get_cursor_image()
+            .ctx("XFixesGetCursorImage")?
+            .reply()
+            .ctx("XFixesGetCursorImage")?;
         let left = i32::from(cur.x) - i32::from(cur.xhot) - r.x;
         let top = i32::from(cur.y) - i32::from(cur.yhot) - r.y;
         for cy in 0..i32::from(cur.height) {
@@ -270,23 +306,43 @@ impl Desktop {
             _ => img,
         };
         let data = encode(&img, opts.format, opts.quality)?;
-        Ok(Screenshot { format: opts.format, width: img.width, height: img.height, data })
+        Ok(Screenshot {
+            format: opts.format,
+            width: img.width,
+            height: img.height,
+            data,
+        })
     }
 }
 
 /// Resize RGB8 pixels with a bilinear convolution (fast_image_resize, SIMD).
 pub(crate) fn scale(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
-    use fast_image_resize::{images::{Image, ImageRef}, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    use fast_image_resize::{
+        images::{Image, ImageRef},
+        FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
     if width == 0 || height == 0 || width > 16384 || height > 16384 {
-        return Err(DesktopError::BadSize { width, height, reason: "scale target must be 1..=16384 per side" });
+        return Err(DesktopError::BadSize {
+            width,
+            height,
+            reason: "scale target must be 1..=16384 per side",
+        });
     }
     let src = ImageRef::new(img.width, img.height, &img.rgb, PixelType::U8x3)
         .map_err(|e| DesktopError::Scale(e.to_string()))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
     Resizer::new()
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
         .map_err(|e| DesktopError::Scale(e.to_string()))?;
-    Ok(RgbImage { width, height, rgb: dst.into_vec() })
+    Ok(RgbImage {
+        width,
+        height,
+        rgb: dst.into_vec(),
+    })
 }
 
 /// Encode RGB8 pixels.
@@ -294,7 +350,10 @@ pub(crate) fn encode(img: &RgbImage, format: ImageFormat, quality: u8) -> Result
     let mut out = Vec::with_capacity(img.rgb.len() / 4);
     match format {
         ImageFormat::Png => {
-            let err = |e: png::EncodingError| DesktopError::Encode { format: "PNG", message: e.to_string() };
+            let err = |e: png::EncodingError| DesktopError::Encode {
+                format: "PNG",
+                message: e.to_string(),
+            };
             let mut enc = png::Encoder::new(&mut out, img.width, img.height);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
@@ -308,16 +367,31 @@ pub(crate) fn encode(img: &RgbImage, format: ImageFormat, quality: u8) -> Result
         }
         ImageFormat::Jpeg => {
             if img.width > u16::MAX as u32 || img.height > u16::MAX as u32 {
-                return Err(DesktopError::BadSize { width: img.width, height: img.height, reason: "too large for JPEG" });
+                return Err(DesktopError::BadSize {
+                    width: img.width,
+                    height: img.height,
+                    reason: "too large for JPEG",
+                });
             }
             let enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-            enc.encode(&img.rgb, img.width as u16, img.height as u16, jpeg_encoder::ColorType::Rgb)
-                .map_err(|e| DesktopError::Encode { format: "JPEG", message: e.to_string() })?;
+            enc.encode(
+                &img.rgb,
+                img.width as u16,
+                img.height as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .map_err(|e| DesktopError::Encode {
+                format: "JPEG",
+                message: e.to_string(),
+            })?;
         }
         ImageFormat::Webp => {
             image_webp::WebPEncoder::new(&mut out)
                 .encode(&img.rgb, img.width, img.height, image_webp::ColorType::Rgb8)
-                .map_err(|e| DesktopError::Encode { format: "WebP", message: e.to_string() })?;
+                .map_err(|e| DesktopError::Encode {
+                    format: "WebP",
+                    message: e.to_string(),
+                })?;
         }
     }
     Ok(out)

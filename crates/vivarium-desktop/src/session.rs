@@ -7,9 +7,9 @@
 //! answers `GET /json/version` on its debugging port; x11vnc accepts TCP connections.
 //!
 //! Children run in their own process groups; stopping the session signals whole groups.
-//! Note for PID 1 callers: each supervisor `wait()`s for its own child, so a reaper that calls
-//! `waitpid(-1)` must not steal these pids (reap only pids it does not know, or use
-//! `PR_SET_CHILD_SUBREAPER` in a parent of the session).
+//! Note for PID 1 callers: by default each supervisor `wait()`s for its own child, which races a
+//! reaper that calls `waitpid(-1)`. Such callers set [`SessionConfig::launcher`] so every component
+//! is started and waited for through their reaper instead.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +27,103 @@ use tracing::{debug, info, warn};
 
 use crate::desktop::lock;
 use crate::error::{DesktopError, Result};
+
+/// Waits for one started component process.
+pub trait ProcWait: Send {
+    /// Blocks until the process has ended; its status in words (`exit status: 1`).
+    fn wait(&mut self) -> std::io::Result<String>;
+    /// The status if the process has ended, `None` while it runs.
+    fn try_wait(&mut self) -> std::io::Result<Option<String>>;
+}
+
+impl ProcWait for Child {
+    fn wait(&mut self) -> std::io::Result<String> {
+        Child::wait(self).map(|s| s.to_string())
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<String>> {
+        Child::try_wait(self).map(|s| s.map(|s| s.to_string()))
+    }
+}
+
+/// A started component process: its pid and how to wait for it. The status is kept once seen, so
+/// waiting again answers the same status.
+pub struct Proc {
+    pid: u32,
+    status: Option<String>,
+    waiter: Box<dyn ProcWait>,
+}
+
+impl Proc {
+    pub fn new(pid: u32, waiter: Box<dyn ProcWait>) -> Proc {
+        Proc {
+            pid,
+            status: None,
+            waiter,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<String> {
+        if let Some(s) = &self.status {
+            return Ok(s.clone());
+        }
+        let s = self.waiter.wait()?;
+        self.status = Some(s.clone());
+        Ok(s)
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<String>> {
+        if self.status.is_none() {
+            self.status = self.waiter.try_wait()?;
+        }
+        Ok(self.status.clone())
+    }
+
+    /// SIGKILL to the process (not its group).
+    pub fn kill(&self) {
+        if self.status.is_none() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+type LaunchFn = dyn Fn(&mut Command) -> std::io::Result<Proc> + Send + Sync;
+
+/// How the session starts its components: `Command::spawn` and `Child::wait` by default, or a
+/// caller's function (a PID-1 agent routes them through its reaper so no exit status is stolen).
+#[derive(Clone)]
+pub struct Launcher(Arc<LaunchFn>);
+
+impl Launcher {
+    pub fn new(f: impl Fn(&mut Command) -> std::io::Result<Proc> + Send + Sync + 'static) -> Self {
+        Launcher(Arc::new(f))
+    }
+
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<Proc> {
+        (self.0)(cmd)
+    }
+}
+
+impl Default for Launcher {
+    fn default() -> Self {
+        Launcher::new(|cmd| {
+            let child = cmd.spawn()?;
+            Ok(Proc::new(child.id(), Box::new(child)))
+        })
+    }
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Launcher")
+    }
+}
 
 /// Chromium settings.
 #[derive(Debug, Clone)]
@@ -61,7 +158,10 @@ pub struct VncConfig {
 
 impl Default for VncConfig {
     fn default() -> Self {
-        VncConfig { binary: PathBuf::from("/usr/bin/x11vnc"), port: 5900 }
+        VncConfig {
+            binary: PathBuf::from("/usr/bin/x11vnc"),
+            port: 5900,
+        }
     }
 }
 
@@ -87,6 +187,8 @@ pub struct SessionConfig {
     pub ready_timeout: Duration,
     /// Extra environment for every component.
     pub env: Vec<(String, String)>,
+    /// Starts and waits for the component processes.
+    pub launcher: Launcher,
 }
 
 impl Default for SessionConfig {
@@ -104,6 +206,7 @@ impl Default for SessionConfig {
             runtime_dir: PathBuf::from("/run/vivarium-desktop"),
             ready_timeout: Duration::from_secs(20),
             env: Vec::new(),
+            launcher: Launcher::default(),
         }
     }
 }
@@ -121,7 +224,7 @@ pub struct ComponentStatus {
 trait Component: Send {
     fn name(&self) -> &str;
     /// Spawn the process and wait until it is ready; the child is killed when it does not get ready.
-    fn start(&mut self, env: &[(String, String)]) -> Result<Child>;
+    fn start(&mut self, env: &[(String, String)], launcher: &Launcher) -> Result<Proc>;
 }
 
 /// Standard Chromium flags (field notes: these are the ones that matter in a sandbox).
@@ -147,7 +250,12 @@ pub fn chromium_args(cfg: &ChromiumConfig) -> Vec<String> {
     args
 }
 
-fn spawn(mut cmd: Command, env: &[(String, String)], pass_fd: Option<&OwnedFd>) -> Result<Child> {
+fn spawn(
+    mut cmd: Command,
+    env: &[(String, String)],
+    pass_fd: Option<&OwnedFd>,
+    launcher: &Launcher,
+) -> Result<Proc> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -169,11 +277,18 @@ fn spawn(mut cmd: Command, env: &[(String, String)], pass_fd: Option<&OwnedFd>) 
             });
         }
     }
-    cmd.spawn().map_err(|source| DesktopError::Spawn { program, source })
+    launcher
+        .spawn(&mut cmd)
+        .map_err(|source| DesktopError::Spawn { program, source })
 }
 
 /// Read one line from `reader` (a pipe the child writes to) while watching the child.
-fn read_ready_line(name: &str, child: &mut Child, reader: impl Read + Send + 'static, timeout: Duration) -> Result<String> {
+fn read_ready_line(
+    name: &str,
+    child: &mut Proc,
+    reader: impl Read + Send + 'static,
+    timeout: Duration,
+) -> Result<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -185,30 +300,52 @@ fn read_ready_line(name: &str, child: &mut Child, reader: impl Read + Send + 'st
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Ok(line)) if !line.trim().is_empty() => return Ok(line.trim().to_string()),
             Ok(Ok(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                return Err(DesktopError::EarlyExit { component: name.into(), status });
+                let status = child.wait().unwrap_or_else(|e| e.to_string());
+                return Err(DesktopError::EarlyExit {
+                    component: name.into(),
+                    status,
+                });
             }
-            Ok(Err(e)) => return Err(DesktopError::Io { context: format!("reading {name} readiness"), source: e }),
+            Ok(Err(e)) => {
+                return Err(DesktopError::Io {
+                    context: format!("reading {name} readiness"),
+                    source: e,
+                })
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 check_alive(name, child)?;
                 if Instant::now() > deadline {
-                    return Err(DesktopError::Timeout { what: format!("{name} to get ready"), ms: timeout.as_millis() });
+                    return Err(DesktopError::Timeout {
+                        what: format!("{name} to get ready"),
+                        ms: timeout.as_millis(),
+                    });
                 }
             }
         }
     }
 }
 
-fn check_alive(name: &str, child: &mut Child) -> Result<()> {
+fn check_alive(name: &str, child: &mut Proc) -> Result<()> {
     match child.try_wait() {
-        Ok(Some(status)) => Err(DesktopError::EarlyExit { component: name.into(), status: status.to_string() }),
+        Ok(Some(status)) => Err(DesktopError::EarlyExit {
+            component: name.into(),
+            status,
+        }),
         Ok(None) => Ok(()),
-        Err(e) => Err(DesktopError::Io { context: format!("waiting for {name}"), source: e }),
+        Err(e) => Err(DesktopError::Io {
+            context: format!("waiting for {name}"),
+            source: e,
+        }),
     }
 }
 
 /// Poll `probe` every 10 ms until it returns true, the child exits, or the timeout passes.
-fn poll_ready(name: &str, child: &mut Child, timeout: Duration, mut probe: impl FnMut() -> bool) -> Result<()> {
+fn poll_ready(
+    name: &str,
+    child: &mut Proc,
+    timeout: Duration,
+    mut probe: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if probe() {
@@ -216,7 +353,10 @@ fn poll_ready(name: &str, child: &mut Child, timeout: Duration, mut probe: impl 
         }
         check_alive(name, child)?;
         if Instant::now() > deadline {
-            return Err(DesktopError::Timeout { what: format!("{name} to get ready"), ms: timeout.as_millis() });
+            return Err(DesktopError::Timeout {
+                what: format!("{name} to get ready"),
+                ms: timeout.as_millis(),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -236,22 +376,36 @@ pub fn start_xvfb(
     (width, height): (u32, u32),
     max: Option<(u32, u32)>,
     timeout: Duration,
-) -> Result<(Child, u32)> {
-    let (fb_w, fb_h) = max.map(|(w, h)| (w.max(width), h.max(height))).unwrap_or((width, height));
-    let (reader, writer) = std::io::pipe().map_err(|e| DesktopError::Io { context: "pipe".into(), source: e })?;
+    launcher: &Launcher,
+) -> Result<(Proc, u32)> {
+    let (fb_w, fb_h) = max
+        .map(|(w, h)| (w.max(width), h.max(height)))
+        .unwrap_or((width, height));
+    let (reader, writer) = std::io::pipe().map_err(|e| DesktopError::Io {
+        context: "pipe".into(),
+        source: e,
+    })?;
     let writer = OwnedFd::from(writer);
     let mut cmd = Command::new(xvfb);
     if let Some(d) = display {
         cmd.arg(format!(":{d}"));
     }
-    cmd.args(["-screen", "0", &format!("{fb_w}x{fb_h}x24"), "-nolisten", "tcp", "-noreset", "-displayfd"])
-        .arg(writer.as_raw_fd().to_string());
-    let mut child = spawn(cmd, &[], Some(&writer))?;
+    cmd.args([
+        "-screen",
+        "0",
+        &format!("{fb_w}x{fb_h}x24"),
+        "-nolisten",
+        "tcp",
+        "-noreset",
+        "-displayfd",
+    ])
+    .arg(writer.as_raw_fd().to_string());
+    let mut child = spawn(cmd, &[], Some(&writer), launcher)?;
     drop(writer);
     let line = match read_ready_line("Xvfb", &mut child, reader, timeout) {
         Ok(l) => l,
         Err(e) => {
-            let _ = child.kill();
+            child.kill();
             let _ = child.wait();
             return Err(e);
         }
@@ -261,9 +415,10 @@ pub fn start_xvfb(
         status: format!("wrote {line:?} on -displayfd"),
     })?;
     if (fb_w, fb_h) != (width, height) {
-        let resized = crate::Desktop::connect(Some(&format!(":{number}"))).and_then(|d| d.set_resolution(width, height));
+        let resized = crate::Desktop::connect(Some(&format!(":{number}")))
+            .and_then(|d| d.set_resolution(width, height));
         if let Err(e) = resized {
-            let _ = child.kill();
+            child.kill();
             let _ = child.wait();
             return Err(e);
         }
@@ -283,8 +438,15 @@ impl Component for Xvfb {
     fn name(&self) -> &str {
         "Xvfb"
     }
-    fn start(&mut self, _env: &[(String, String)]) -> Result<Child> {
-        let (child, number) = start_xvfb(&self.binary, self.display, self.size, self.max, self.timeout)?;
+    fn start(&mut self, _env: &[(String, String)], launcher: &Launcher) -> Result<Proc> {
+        let (child, number) = start_xvfb(
+            &self.binary,
+            self.display,
+            self.size,
+            self.max,
+            self.timeout,
+            launcher,
+        )?;
         // A restart must come back on the same display.
         self.display = Some(number);
         Ok(child)
@@ -301,15 +463,18 @@ impl Component for Dbus {
     fn name(&self) -> &str {
         "dbus-daemon"
     }
-    fn start(&mut self, env: &[(String, String)]) -> Result<Child> {
+    fn start(&mut self, env: &[(String, String)], launcher: &Launcher) -> Result<Proc> {
         let _ = std::fs::remove_file(&self.socket);
-        let (reader, writer) = std::io::pipe().map_err(|e| DesktopError::Io { context: "pipe".into(), source: e })?;
+        let (reader, writer) = std::io::pipe().map_err(|e| DesktopError::Io {
+            context: "pipe".into(),
+            source: e,
+        })?;
         let writer = OwnedFd::from(writer);
         let mut cmd = Command::new(&self.binary);
         cmd.args(["--session", "--nofork", "--nopidfile"])
             .arg(format!("--address=unix:path={}", self.socket.display()))
             .arg(format!("--print-address={}", writer.as_raw_fd()));
-        let mut child = spawn(cmd, env, Some(&writer))?;
+        let mut child = spawn(cmd, env, Some(&writer), launcher)?;
         drop(writer);
         match read_ready_line("dbus-daemon", &mut child, reader, self.timeout) {
             Ok(address) => {
@@ -317,7 +482,7 @@ impl Component for Dbus {
                 Ok(child)
             }
             Err(e) => {
-                let _ = child.kill();
+                child.kill();
                 let _ = child.wait();
                 Err(e)
             }
@@ -346,21 +511,25 @@ impl Component for GenericProcess {
     fn name(&self) -> &str {
         &self.name
     }
-    fn start(&mut self, env: &[(String, String)]) -> Result<Child> {
+    fn start(&mut self, env: &[(String, String)], launcher: &Launcher) -> Result<Proc> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
-        let mut child = spawn(cmd, env, None)?;
+        let mut child = spawn(cmd, env, None, launcher)?;
         let result = match &self.ready {
             Readiness::WindowManager(display) => match crate::Desktop::connect(Some(display)) {
                 Ok(desktop) => {
                     let mut probe = None;
-                    poll_ready(&self.name, &mut child, self.timeout, || desktop.wm_ready_step(&mut probe).unwrap_or(false))
+                    poll_ready(&self.name, &mut child, self.timeout, || {
+                        desktop.wm_ready_step(&mut probe).unwrap_or(false)
+                    })
                 }
                 Err(e) => Err(e),
             },
             Readiness::Cdp(port) => {
                 let port = *port;
-                poll_ready(&self.name, &mut child, self.timeout, || cdp_version(port).is_ok())
+                poll_ready(&self.name, &mut child, self.timeout, || {
+                    cdp_version(port).is_ok()
+                })
             }
             Readiness::Tcp(port) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], *port));
@@ -385,11 +554,16 @@ impl Component for GenericProcess {
 /// A readiness probe to loopback only: a dozen lines over `TcpStream` instead of an HTTP client crate
 /// keeps the static guest binary small.
 pub fn cdp_version(port: u16) -> Result<String> {
-    let io = |e: std::io::Error| DesktopError::Io { context: format!("GET 127.0.0.1:{port}/json/version"), source: e };
+    let io = |e: std::io::Error| DesktopError::Io {
+        context: format!("GET 127.0.0.1:{port}/json/version"),
+        source: e,
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(io)?;
-    s.write_all(b"GET /json/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(io)?;
+    s.write_all(b"GET /json/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .map_err(io)?;
     // Chromium keeps the connection open: read until the headers and Content-Length bytes arrived.
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -415,7 +589,10 @@ pub fn cdp_version(port: u16) -> Result<String> {
     if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
         Ok(body.to_string())
     } else {
-        Err(io(std::io::Error::other(format!("unexpected answer: {}", head.lines().next().unwrap_or("")))))
+        Err(io(std::io::Error::other(format!(
+            "unexpected answer: {}",
+            head.lines().next().unwrap_or("")
+        ))))
     }
 }
 
@@ -440,7 +617,10 @@ struct StopSignal {
 impl StopSignal {
     fn sleep(&self, d: Duration) -> bool {
         let guard = lock(&self.stopped);
-        let (guard, _) = self.cv.wait_timeout_while(guard, d, |s| !*s).unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, d, |s| !*s)
+            .unwrap_or_else(|e| e.into_inner());
         *guard
     }
     fn stop(&self) {
@@ -458,7 +638,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A component that ran this long is considered healthy again: backoff resets.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
-fn supervise(mut comp: Box<dyn Component>, mut child: Child, env: Arc<Vec<(String, String)>>, shared: Arc<Shared>, stop: Arc<StopSignal>) {
+fn supervise(
+    mut comp: Box<dyn Component>,
+    mut child: Proc,
+    env: Arc<Vec<(String, String)>>,
+    launcher: Launcher,
+    shared: Arc<Shared>,
+    stop: Arc<StopSignal>,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut started = Instant::now();
     loop {
@@ -476,13 +663,17 @@ fn supervise(mut comp: Box<dyn Component>, mut child: Child, env: Arc<Vec<(Strin
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            match comp.start(&env) {
+            match comp.start(&env, &launcher) {
                 Ok(c) => {
                     child = c;
                     shared.pid.store(child.id() as i32, Ordering::SeqCst);
                     shared.restarts.fetch_add(1, Ordering::SeqCst);
                     started = Instant::now();
-                    info!(component = comp.name(), pid = child.id(), "component restarted");
+                    info!(
+                        component = comp.name(),
+                        pid = child.id(),
+                        "component restarted"
+                    );
                     // Stopped while we were starting: the stop path may have missed this pid.
                     if stop.is_stopped() {
                         kill_group(child.id(), nix::sys::signal::Signal::SIGKILL);
@@ -505,11 +696,15 @@ pub struct Session {
     stop: Arc<StopSignal>,
     cdp_port: Option<u16>,
     vnc_port: Option<u16>,
+    launcher: Launcher,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("display", &self.display).field("status", &self.status()).finish()
+        f.debug_struct("Session")
+            .field("display", &self.display)
+            .field("status", &self.status())
+            .finish()
     }
 }
 
@@ -517,9 +712,15 @@ impl Session {
     /// Start every configured component in order, each after the previous one is ready.
     pub fn start(cfg: SessionConfig) -> Result<Session> {
         let t0 = Instant::now();
-        std::fs::create_dir_all(&cfg.runtime_dir)
-            .map_err(|e| DesktopError::Io { context: format!("create {}", cfg.runtime_dir.display()), source: e })?;
-        let stop = Arc::new(StopSignal { stopped: Mutex::new(false), cv: Condvar::new(), flag: AtomicBool::new(false) });
+        std::fs::create_dir_all(&cfg.runtime_dir).map_err(|e| DesktopError::Io {
+            context: format!("create {}", cfg.runtime_dir.display()),
+            source: e,
+        })?;
+        let stop = Arc::new(StopSignal {
+            stopped: Mutex::new(false),
+            cv: Condvar::new(),
+            flag: AtomicBool::new(false),
+        });
         let mut session = Session {
             display: 0,
             env: Arc::new(Vec::new()),
@@ -527,6 +728,7 @@ impl Session {
             stop,
             cdp_port: cfg.chromium.as_ref().map(|c| c.debugging_port),
             vnc_port: cfg.vnc.as_ref().map(|v| v.port),
+            launcher: cfg.launcher.clone(),
         };
 
         let mut xvfb = Xvfb {
@@ -536,20 +738,31 @@ impl Session {
             max: cfg.max_size,
             timeout: cfg.ready_timeout,
         };
-        let child = xvfb.start(&[])?;
+        let child = xvfb.start(&[], &cfg.launcher)?;
         let display = xvfb.display.unwrap_or(0);
         session.display = display;
         session.adopt(Box::new(xvfb), child);
-        debug!(display = session.display, ms = t0.elapsed().as_millis(), "Xvfb ready");
+        debug!(
+            display = session.display,
+            ms = t0.elapsed().as_millis(),
+            "Xvfb ready"
+        );
 
         let mut env = cfg.env.clone();
         env.push(("DISPLAY".into(), format!(":{display}")));
         if let Some(dbus) = &cfg.dbus {
             let socket = cfg.runtime_dir.join(format!("bus-{display}"));
-            env.push(("DBUS_SESSION_BUS_ADDRESS".into(), format!("unix:path={}", socket.display())));
+            env.push((
+                "DBUS_SESSION_BUS_ADDRESS".into(),
+                format!("unix:path={}", socket.display()),
+            ));
             session.env = Arc::new(env.clone());
-            let mut comp = Dbus { binary: dbus.clone(), socket, timeout: cfg.ready_timeout };
-            let child = comp.start(&env)?;
+            let mut comp = Dbus {
+                binary: dbus.clone(),
+                socket,
+                timeout: cfg.ready_timeout,
+            };
+            let child = comp.start(&env, &cfg.launcher)?;
             session.adopt(Box::new(comp), child);
             debug!(ms = t0.elapsed().as_millis(), "dbus ready");
         }
@@ -558,7 +771,10 @@ impl Session {
         let mut later: Vec<GenericProcess> = Vec::new();
         if let Some(wm) = &cfg.window_manager {
             later.push(GenericProcess {
-                name: wm.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wm".into()),
+                name: wm
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "wm".into()),
                 program: wm.clone(),
                 args: Vec::new(),
                 timeout: cfg.ready_timeout,
@@ -578,31 +794,57 @@ impl Session {
             later.push(GenericProcess {
                 name: "x11vnc".into(),
                 program: vnc.binary.clone(),
-                args: ["-display", &format!(":{display}"), "-localhost", "-forever", "-shared", "-nopw", "-quiet", "-rfbport", &vnc.port.to_string()]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                args: [
+                    "-display",
+                    &format!(":{display}"),
+                    "-localhost",
+                    "-forever",
+                    "-shared",
+                    "-nopw",
+                    "-quiet",
+                    "-rfbport",
+                    &vnc.port.to_string(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
                 timeout: cfg.ready_timeout,
                 ready: Readiness::Tcp(vnc.port),
             });
         }
         for mut comp in later {
-            let child = comp.start(&env)?;
-            debug!(component = comp.name(), ms = t0.elapsed().as_millis(), "ready");
+            let child = comp.start(&env, &cfg.launcher)?;
+            debug!(
+                component = comp.name(),
+                ms = t0.elapsed().as_millis(),
+                "ready"
+            );
             session.adopt(Box::new(comp), child);
         }
-        info!(display = session.display, ms = t0.elapsed().as_millis(), "desktop session ready");
+        info!(
+            display = session.display,
+            ms = t0.elapsed().as_millis(),
+            "desktop session ready"
+        );
         Ok(session)
     }
 
-    fn adopt(&mut self, comp: Box<dyn Component>, child: Child) {
-        let shared = Arc::new(Shared { name: comp.name().to_string(), pid: AtomicI32::new(child.id() as i32), restarts: AtomicU32::new(0) });
+    fn adopt(&mut self, comp: Box<dyn Component>, child: Proc) {
+        let shared = Arc::new(Shared {
+            name: comp.name().to_string(),
+            pid: AtomicI32::new(child.id() as i32),
+            restarts: AtomicU32::new(0),
+        });
         let (s, st, env) = (shared.clone(), self.stop.clone(), self.env.clone());
+        let launcher = self.launcher.clone();
         let thread = std::thread::Builder::new()
             .name(format!("supervise-{}", comp.name()))
-            .spawn(move || supervise(comp, child, env, s, st));
+            .spawn(move || supervise(comp, child, env, launcher, s, st));
         match thread {
-            Ok(t) => self.supervisors.push(Supervisor { shared, thread: Some(t) }),
+            Ok(t) => self.supervisors.push(Supervisor {
+                shared,
+                thread: Some(t),
+            }),
             Err(e) => warn!(error = %e, "could not spawn supervisor thread"),
         }
     }

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use x11rb::connection::{Connection, RequestConnection};
-use x11rb::protocol::xproto::{self, AtomEnum, ChangeWindowAttributesAux, ClientMessageEvent, ConfigureWindowAux, ConnectionExt as _, EventMask};
+use x11rb::protocol::xproto::{
+    self, AtomEnum, ChangeWindowAttributesAux, ClientMessageEvent, ConfigureWindowAux,
+    ConnectionExt as _, EventMask,
+};
 
 use crate::desktop::Desktop;
 use crate::error::{DesktopError, Result, XContext};
@@ -34,7 +37,12 @@ const STATIC_GRAVITY: u32 = 10;
 const SOURCE_PAGER: u32 = 2;
 
 impl Desktop {
-    fn prop32(&self, window: xproto::Window, prop: xproto::Atom, ty: impl Into<xproto::Atom>) -> Result<Vec<u32>> {
+    fn prop32(
+        &self,
+        window: xproto::Window,
+        prop: xproto::Atom,
+        ty: impl Into<xproto::Atom>,
+    ) -> Result<Vec<u32>> {
         let r = self
             .conn
             .get_property(false, window, prop, ty, 0, 4096)
@@ -44,7 +52,12 @@ impl Desktop {
         Ok(r.value32().map(|v| v.collect()).unwrap_or_default())
     }
 
-    fn prop_bytes(&self, window: xproto::Window, prop: xproto::Atom, ty: impl Into<xproto::Atom>) -> Result<Vec<u8>> {
+    fn prop_bytes(
+        &self,
+        window: xproto::Window,
+        prop: xproto::Atom,
+        ty: impl Into<xproto::Atom>,
+    ) -> Result<Vec<u8>> {
         let r = self
             .conn
             .get_property(false, window, prop, ty, 0, 16384)
@@ -57,9 +70,22 @@ impl Desktop {
     /// Whether an EWMH window manager is running: the root's `_NET_SUPPORTING_WM_CHECK` names a window
     /// whose own `_NET_SUPPORTING_WM_CHECK` points at itself.
     pub fn wm_running(&self) -> Result<bool> {
-        let check = self.prop32(self.root, self.atoms._NET_SUPPORTING_WM_CHECK, AtomEnum::WINDOW)?;
-        let Some(&child) = check.first() else { return Ok(false) };
-        let cookie = self.conn.get_property(false, child, self.atoms._NET_SUPPORTING_WM_CHECK, AtomEnum::WINDOW, 0, 1);
+        let check = self.prop32(
+            self.root,
+            self.atoms._NET_SUPPORTING_WM_CHECK,
+            AtomEnum::WINDOW,
+        )?;
+        let Some(&child) = check.first() else {
+            return Ok(false);
+        };
+        let cookie = self.conn.get_property(
+            false,
+            child,
+            self.atoms._NET_SUPPORTING_WM_CHECK,
+            AtomEnum::WINDOW,
+            0,
+            1,
+        );
         match cookie.ctx("get property")?.reply() {
             Ok(r) => Ok(r.value32().and_then(|mut v| v.next()) == Some(child)),
             Err(_) => Ok(false),
@@ -78,7 +104,10 @@ impl Desktop {
         let frame_extents = self.atoms._NET_FRAME_EXTENTS;
         let id = match *probe {
             Some(id) => {
-                if !self.prop32(id, frame_extents, AtomEnum::CARDINAL)?.is_empty() {
+                if !self
+                    .prop32(id, frame_extents, AtomEnum::CARDINAL)?
+                    .is_empty()
+                {
                     self.conn.destroy_window(id).ctx("destroy probe")?;
                     self.conn.flush().ctx("flush")?;
                     *probe = None;
@@ -89,7 +118,19 @@ impl Desktop {
             None => {
                 let id = self.conn.generate_id()?;
                 self.conn
-                    .create_window(0, id, self.root, 0, 0, 1, 1, 0, xproto::WindowClass::INPUT_OUTPUT, 0, &xproto::CreateWindowAux::new())
+                    .create_window(
+                        0,
+                        id,
+                        self.root,
+                        0,
+                        0,
+                        1,
+                        1,
+                        0,
+                        xproto::WindowClass::INPUT_OUTPUT,
+                        0,
+                        &xproto::CreateWindowAux::new(),
+                    )
                     .ctx("create probe")?;
                 *probe = Some(id);
                 id
@@ -108,7 +149,10 @@ impl Desktop {
                 if let Some(id) = probe {
                     let _ = self.conn.destroy_window(id);
                 }
-                return Err(DesktopError::Timeout { what: "the window manager".into(), ms: timeout.as_millis() });
+                return Err(DesktopError::Timeout {
+                    what: "the window manager".into(),
+                    ms: timeout.as_millis(),
+                });
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -121,23 +165,48 @@ impl Desktop {
             return Err(DesktopError::NoWindowManager);
         }
         let clients = self.prop32(self.root, self.atoms._NET_CLIENT_LIST, AtomEnum::WINDOW)?;
-        let active = self.prop32(self.root, self.atoms._NET_ACTIVE_WINDOW, AtomEnum::WINDOW)?.first().copied();
+        let active = self
+            .prop32(self.root, self.atoms._NET_ACTIVE_WINDOW, AtomEnum::WINDOW)?
+            .first()
+            .copied();
         let mut out = Vec::with_capacity(clients.len());
         for id in clients {
             // A window can vanish between the list and these requests: skip it.
-            let Ok(geo) = self.conn.get_geometry(id).ctx("get geometry")?.reply() else { continue };
-            let Ok(pos) = self.conn.translate_coordinates(id, self.root, 0, 0).ctx("translate")?.reply() else {
+            let Ok(geo) = self.conn.get_geometry(id).ctx("get geometry")?.reply() else {
                 continue;
             };
-            let mut title = String::from_utf8_lossy(&self.prop_bytes(id, self.atoms._NET_WM_NAME, self.atoms.UTF8_STRING)?).into_owned();
+            let Ok(pos) = self
+                .conn
+                .translate_coordinates(id, self.root, 0, 0)
+                .ctx("translate")?
+                .reply()
+            else {
+                continue;
+            };
+            let mut title = String::from_utf8_lossy(&self.prop_bytes(
+                id,
+                self.atoms._NET_WM_NAME,
+                self.atoms.UTF8_STRING,
+            )?)
+            .into_owned();
             if title.is_empty() {
-                title = String::from_utf8_lossy(&self.prop_bytes(id, self.atoms.WM_NAME, AtomEnum::ANY)?).into_owned();
+                title = String::from_utf8_lossy(&self.prop_bytes(
+                    id,
+                    self.atoms.WM_NAME,
+                    AtomEnum::ANY,
+                )?)
+                .into_owned();
             }
             let class = self.prop_bytes(id, self.atoms.WM_CLASS, AtomEnum::STRING)?;
-            let mut parts = class.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned());
+            let mut parts = class
+                .split(|&b| b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned());
             let instance = parts.next().unwrap_or_default();
             let app = parts.next().unwrap_or_default();
-            let pid = self.prop32(id, self.atoms._NET_WM_PID, AtomEnum::CARDINAL)?.first().copied();
+            let pid = self
+                .prop32(id, self.atoms._NET_WM_PID, AtomEnum::CARDINAL)?
+                .first()
+                .copied();
             out.push(WindowInfo {
                 id,
                 title,
@@ -164,7 +233,12 @@ impl Desktop {
     fn send_wm_message(&self, window: u32, ty: xproto::Atom, data: [u32; 5]) -> Result<()> {
         let ev = ClientMessageEvent::new(32, window, ty, data);
         self.conn
-            .send_event(false, self.root, EventMask::SUBSTRUCTURE_REDIRECT | EventMask::SUBSTRUCTURE_NOTIFY, ev)
+            .send_event(
+                false,
+                self.root,
+                EventMask::SUBSTRUCTURE_REDIRECT | EventMask::SUBSTRUCTURE_NOTIFY,
+                ev,
+            )
             .ctx("send client message")?;
         self.sync()
     }
@@ -173,15 +247,31 @@ impl Desktop {
     pub fn focus_window(&self, id: u32) -> Result<()> {
         self.check_window(id)?;
         if self.wm_running()? {
-            self.send_wm_message(id, self.atoms._NET_ACTIVE_WINDOW, [SOURCE_PAGER, x11rb::CURRENT_TIME, 0, 0, 0])
+            self.send_wm_message(
+                id,
+                self.atoms._NET_ACTIVE_WINDOW,
+                [SOURCE_PAGER, x11rb::CURRENT_TIME, 0, 0, 0],
+            )
         } else {
-            self.conn.configure_window(id, &ConfigureWindowAux::new().stack_mode(xproto::StackMode::ABOVE)).ctx("raise")?;
-            self.conn.set_input_focus(xproto::InputFocus::PARENT, id, x11rb::CURRENT_TIME).ctx("set focus")?;
+            self.conn
+                .configure_window(
+                    id,
+                    &ConfigureWindowAux::new().stack_mode(xproto::StackMode::ABOVE),
+                )
+                .ctx("raise")?;
+            self.conn
+                .set_input_focus(xproto::InputFocus::PARENT, id, x11rb::CURRENT_TIME)
+                .ctx("set focus")?;
             self.sync()
         }
     }
 
-    fn move_resize(&self, id: u32, pos: Option<(i32, i32)>, size: Option<(u32, u32)>) -> Result<()> {
+    fn move_resize(
+        &self,
+        id: u32,
+        pos: Option<(i32, i32)>,
+        size: Option<(u32, u32)>,
+    ) -> Result<()> {
         self.check_window(id)?;
         if self.wm_running()? {
             let mut flags = STATIC_GRAVITY | (SOURCE_PAGER << 12);
@@ -203,7 +293,9 @@ impl Desktop {
             if let Some((w, h)) = size {
                 aux = aux.width(w).height(h);
             }
-            self.conn.configure_window(id, &aux).ctx("configure window")?;
+            self.conn
+                .configure_window(id, &aux)
+                .ctx("configure window")?;
             self.sync()
         }
     }
@@ -217,7 +309,11 @@ impl Desktop {
     /// Resize a window's client area.
     pub fn resize_window(&self, id: u32, width: u32, height: u32) -> Result<()> {
         if width == 0 || height == 0 || width > 16384 || height > 16384 {
-            return Err(DesktopError::BadSize { width, height, reason: "each side must be 1..=16384" });
+            return Err(DesktopError::BadSize {
+                width,
+                height,
+                reason: "each side must be 1..=16384",
+            });
         }
         self.move_resize(id, None, Some((width, height)))
     }
@@ -230,7 +326,17 @@ impl Desktop {
         }
         const ADD: u32 = 1;
         let a = &self.atoms;
-        self.send_wm_message(id, a._NET_WM_STATE, [ADD, a._NET_WM_STATE_MAXIMIZED_VERT, a._NET_WM_STATE_MAXIMIZED_HORZ, SOURCE_PAGER, 0])
+        self.send_wm_message(
+            id,
+            a._NET_WM_STATE,
+            [
+                ADD,
+                a._NET_WM_STATE_MAXIMIZED_VERT,
+                a._NET_WM_STATE_MAXIMIZED_HORZ,
+                SOURCE_PAGER,
+                0,
+            ],
+        )
     }
 
     /// Minimize (iconify) a window (ICCCM `WM_CHANGE_STATE` IconicState).
@@ -246,16 +352,30 @@ impl Desktop {
         if !self.wm_running()? {
             return Err(DesktopError::NoWindowManager);
         }
-        self.send_wm_message(id, self.atoms._NET_CLOSE_WINDOW, [x11rb::CURRENT_TIME, SOURCE_PAGER, 0, 0, 0])
+        self.send_wm_message(
+            id,
+            self.atoms._NET_CLOSE_WINDOW,
+            [x11rb::CURRENT_TIME, SOURCE_PAGER, 0, 0, 0],
+        )
     }
 
     /// Set the root window background from an image file (PNG or JPEG), scaled to the screen.
     pub fn set_wallpaper(&self, path: &Path) -> Result<()> {
-        let file_err = |message: String| DesktopError::ImageFile { path: path.to_path_buf(), message };
-        let img = image::open(path).map_err(|e| file_err(e.to_string()))?.to_rgb8();
+        let file_err = |message: String| DesktopError::ImageFile {
+            path: path.to_path_buf(),
+            message,
+        };
+        let img = image::open(path)
+            .map_err(|e| file_err(e.to_string()))?
+            .to_rgb8();
         let size = self.screen_size()?;
         let img = if img.dimensions() != (size.width, size.height) {
-            image::imageops::resize(&img, size.width, size.height, image::imageops::FilterType::Triangle)
+            image::imageops::resize(
+                &img,
+                size.width,
+                size.height,
+                image::imageops::FilterType::Triangle,
+            )
         } else {
             img
         };
@@ -268,9 +388,11 @@ impl Desktop {
         }
         let c = &self.conn;
         let pixmap = c.generate_id()?;
-        c.create_pixmap(self.root_depth, pixmap, self.root, w as u16, h as u16).ctx("create pixmap")?;
+        c.create_pixmap(self.root_depth, pixmap, self.root, w as u16, h as u16)
+            .ctx("create pixmap")?;
         let gc = c.generate_id()?;
-        c.create_gc(gc, pixmap, &xproto::CreateGCAux::new()).ctx("create gc")?;
+        c.create_gc(gc, pixmap, &xproto::CreateGCAux::new())
+            .ctx("create gc")?;
         // PutImage in strips that fit the maximum request size.
         let rows_per_strip = ((c.maximum_request_bytes() - 64) / (w * 4)).max(1);
         let mut y = 0usize;
@@ -291,9 +413,13 @@ impl Desktop {
             .ctx("put image")?;
             y += rows;
         }
-        c.change_window_attributes(self.root, &ChangeWindowAttributesAux::new().background_pixmap(pixmap))
-            .ctx("set root background")?;
-        c.clear_area(false, self.root, 0, 0, 0, 0).ctx("clear root")?;
+        c.change_window_attributes(
+            self.root,
+            &ChangeWindowAttributesAux::new().background_pixmap(pixmap),
+        )
+        .ctx("set root background")?;
+        c.clear_area(false, self.root, 0, 0, 0, 0)
+            .ctx("clear root")?;
         // The root keeps its background after the pixmap is freed (X protocol, ChangeWindowAttributes).
         c.free_gc(gc).ctx("free gc")?;
         c.free_pixmap(pixmap).ctx("free pixmap")?;

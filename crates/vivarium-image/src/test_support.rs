@@ -383,7 +383,7 @@ impl TestRegistry {
                 addr,
                 _dir: dir,
             };
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
                 if let Ok(Some(status)) = reg.child.try_wait() {
                     last_err = format!(
@@ -400,7 +400,7 @@ impl TestRegistry {
                 std::thread::sleep(Duration::from_millis(30));
             }
             if last_err.is_empty() {
-                last_err = format!("{bin} did not answer on {addr} within 15 s");
+                last_err = format!("{bin} did not answer on {addr} within 60 s");
             }
         }
         Err(ImageError::Internal(last_err))

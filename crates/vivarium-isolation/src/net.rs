@@ -155,7 +155,11 @@ pub fn create_nat(name: &str, plan: &NetPlan) -> Result<(), DriverError> {
 /// there. Missing pieces are fine.
 pub fn delete(name: &str, veth: Option<&str>) -> Result<(), DriverError> {
     if netns_path(name).exists() {
-        run_tool("ip", &["netns", "delete", name], None)?;
+        // Idempotent: a concurrent teardown may remove the namespace between the check and here.
+        match run_tool("ip", &["netns", "delete", name], None) {
+            Err(DriverError::Command { stderr, .. }) if stderr.contains("No such file") => {}
+            other => other?,
+        }
     }
     if let Some(v) = veth {
         if Path::new("/sys/class/net").join(v).exists() {

@@ -39,7 +39,12 @@ pub enum ClientError {
     VersionMismatch { local: u32, remote: u32 },
     /// The agent carried out the request and reports a typed failure.
     #[error("{code}: {message}")]
-    Agent { code: ErrorCode, message: String },
+    Agent {
+        code: ErrorCode,
+        message: String,
+        /// The request field the error is about, when the agent named one.
+        field: Option<String>,
+    },
 }
 
 impl ClientError {
@@ -90,7 +95,15 @@ fn accept(
         )));
     }
     match frame.msg {
-        Response::Error(ErrorBody { code, message }) => Err(ClientError::Agent { code, message }),
+        Response::Error(ErrorBody {
+            code,
+            message,
+            field,
+        }) => Err(ClientError::Agent {
+            code,
+            message,
+            field,
+        }),
         _ => Ok(frame),
     }
 }
@@ -165,6 +178,19 @@ impl AgentClient {
         recv(&mut conn).await
     }
 
+    /// Runs one desktop action. Screenshots return their encoded image as the second value (the
+    /// result's `data` stays empty: no base64 on this hop); other actions return empty bytes.
+    pub async fn desktop(
+        &self,
+        action: DesktopAction,
+    ) -> Result<(ActionResult, Bytes), ClientError> {
+        let frame = self.call(Request::Desktop(action), Bytes::new()).await?;
+        match frame.msg {
+            Response::Desktop { result } => Ok((result, frame.payload)),
+            other => Err(unexpected("desktop", &other)),
+        }
+    }
+
     pub async fn info(&self) -> Result<AgentInfo, ClientError> {
         match self.call(Request::Info, Bytes::new()).await?.msg {
             Response::Info(info) => Ok(info),
@@ -237,7 +263,11 @@ impl AgentClient {
 
     /// Sends `signal` to a background process's process group (or to any other pid).
     pub async fn signal(&self, pid: u32, signal: i32) -> Result<(), ClientError> {
-        match self.call(Request::Signal { pid, signal }, Bytes::new()).await?.msg {
+        match self
+            .call(Request::Signal { pid, signal }, Bytes::new())
+            .await?
+            .msg
+        {
             Response::Ok => Ok(()),
             other => Err(unexpected("ok", &other)),
         }
@@ -426,7 +456,12 @@ impl AgentClient {
         }
     }
 
-    pub async fn mkdir(&self, path: &str, mode: Option<u32>, parents: bool) -> Result<(), ClientError> {
+    pub async fn mkdir(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        parents: bool,
+    ) -> Result<(), ClientError> {
         let req = Request::Mkdir {
             path: path.into(),
             mode,

@@ -62,7 +62,11 @@ impl<M> Frame<M> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
     #[error("peer speaks protocol version {remote}, this side speaks {local} (stream {stream})")]
-    VersionMismatch { stream: u64, remote: u32, local: u32 },
+    VersionMismatch {
+        stream: u64,
+        remote: u32,
+        local: u32,
+    },
     #[error("malformed frame on stream {stream:?}: {reason}")]
     Malformed { stream: Option<u64>, reason: String },
 }
@@ -149,7 +153,10 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
 fn parse_body<In: DeserializeOwned>(mut body: Bytes) -> Result<Frame<In>, Rejected> {
     let malformed = |stream, reason: String| Rejected::Malformed { stream, reason };
     if body.len() < 4 {
-        return Err(malformed(None, "frame shorter than its header length".into()));
+        return Err(malformed(
+            None,
+            "frame shorter than its header length".into(),
+        ));
     }
     let header_len = body.get_u32() as usize;
     if header_len > body.len() {
@@ -225,7 +232,10 @@ mod tests {
         let mut dec: FrameCodec<Request, Response> = FrameCodec::new();
         let mut buf = BytesMut::new();
         enc.encode(frame, &mut buf).expect("encode");
-        let out = dec.decode(&mut buf).expect("decode").expect("complete frame");
+        let out = dec
+            .decode(&mut buf)
+            .expect("decode")
+            .expect("complete frame");
         assert!(buf.is_empty(), "decoder must consume the whole frame");
         out.expect("accepted")
     }
@@ -292,13 +302,7 @@ mod tests {
     #[test]
     fn header_is_tagged_snake_case_json() {
         let mut buf = BytesMut::new();
-        let frame = Frame::new(
-            3,
-            Request::Signal {
-                pid: 9,
-                signal: 2,
-            },
-        );
+        let frame = Frame::new(3, Request::Signal { pid: 9, signal: 2 });
         encode_with_version(PROTOCOL_VERSION, &frame, &mut buf).expect("encode");
         let hlen = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
         let header: serde_json::Value = serde_json::from_slice(&buf[8..8 + hlen]).expect("json");
@@ -363,7 +367,11 @@ mod tests {
         let mut partial = BytesMut::from(&full[..full.len() - 1]);
         assert!(dec.decode(&mut partial).expect("decode").is_none());
         partial.extend_from_slice(&full[full.len() - 1..]);
-        let f = dec.decode(&mut partial).expect("decode").expect("frame").expect("ok");
+        let f = dec
+            .decode(&mut partial)
+            .expect("decode")
+            .expect("frame")
+            .expect("ok");
         assert_eq!(f.payload.len(), 1000);
     }
 
@@ -417,7 +425,11 @@ mod tests {
         buf.put_u32((MAX_FRAME_LEN + 1) as u32);
         let mut dec: FrameCodec<Request, Response> = FrameCodec::new();
         assert!(dec.decode(&mut buf).is_err());
-        let too_big = Frame::with_payload(1, Request::WriteChunk, Bytes::from(vec![0u8; MAX_FRAME_LEN]));
+        let too_big = Frame::with_payload(
+            1,
+            Request::WriteChunk,
+            Bytes::from(vec![0u8; MAX_FRAME_LEN]),
+        );
         assert!(matches!(
             encode_with_version(1, &too_big, &mut BytesMut::new()),
             Err(CodecError::TooLarge { .. })

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+pub use vivarium_api::desktop::{ActionResult, DesktopAction};
 
 /// Largest output an exec captures per stream (stdout, stderr) before it sets the `truncated` flag.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -94,6 +95,10 @@ pub enum Request {
         #[serde(default)]
         parents: bool,
     },
+    /// One desktop action (screenshot, click, type...). Needs an agent started with `--desktop`;
+    /// waits up to 30 s for the desktop session to be ready. Answered by [`Response::Desktop`].
+    /// The action's own tag is `action`, so the JSON is `{"type":"desktop","action":"click",...}`.
+    Desktop(DesktopAction),
     /// Abandon the operation on this stream id (kills a streaming exec, aborts a streamed write).
     /// Needed on a multiplexed transport where dropping the connection is not an option.
     Cancel,
@@ -122,6 +127,7 @@ impl Request {
             Request::Stat { .. } => "stat",
             Request::Remove { .. } => "remove",
             Request::Mkdir { .. } => "mkdir",
+            Request::Desktop(_) => "desktop",
             Request::Cancel => "cancel",
         }
     }
@@ -135,7 +141,9 @@ pub enum Response {
     /// Result of a buffered exec. Payload: stdout bytes followed by stderr bytes.
     ExecDone(ExecDone),
     /// A streaming exec's process started.
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// Payload: stdout bytes of a streaming exec.
     Stdout,
     /// Payload: stderr bytes of a streaming exec.
@@ -148,19 +156,34 @@ pub enum Response {
         #[serde(default)]
         stdout_len: u64,
     },
-    Processes { processes: Vec<ProcessInfo> },
+    Processes {
+        processes: Vec<ProcessInfo>,
+    },
     /// Success without data.
     Ok,
     /// Whole file content. Payload: the bytes.
-    FileData { stat: FileStat },
+    FileData {
+        stat: FileStat,
+    },
     /// Start of a streamed read.
-    FileStart { stat: FileStat },
+    FileStart {
+        stat: FileStat,
+    },
     /// Payload: the next bytes of a streamed read.
     FileChunk,
     /// End of a streamed read.
     FileEnd,
-    Stat { stat: FileStat },
-    Entries { entries: Vec<FileEntry> },
+    Stat {
+        stat: FileStat,
+    },
+    Entries {
+        entries: Vec<FileEntry>,
+    },
+    /// Result of a desktop action. Payload: the encoded image of a screenshot (its `data` is
+    /// empty), nothing otherwise. A struct variant because `ActionResult` is itself tagged `type`.
+    Desktop {
+        result: ActionResult,
+    },
     /// The request failed; last message of its stream.
     Error(ErrorBody),
 }
@@ -184,6 +207,7 @@ impl Response {
             Response::FileEnd => "file_end",
             Response::Stat { .. } => "stat",
             Response::Entries { .. } => "entries",
+            Response::Desktop { .. } => "desktop",
             Response::Error(_) => "error",
         }
     }
@@ -193,6 +217,7 @@ impl Response {
         Response::Error(ErrorBody {
             code,
             message: message.into(),
+            field: None,
         })
     }
 }
@@ -258,6 +283,10 @@ impl std::fmt::Display for ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field the error is about (`x`, `keys`, `id`...), when there is one. Absent in
+    /// frames of older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -448,3 +477,73 @@ pub struct FileStat {
 
 /// One entry of a directory listing; the same fields as [`FileStat`].
 pub type FileEntry = FileStat;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vivarium_api::desktop::{ImageFormat, MouseButton};
+
+    #[test]
+    fn desktop_request_round_trips_with_both_tags() {
+        let req = Request::Desktop(DesktopAction::Click {
+            x: Some(3),
+            y: Some(4),
+            button: MouseButton::Right,
+            count: 2,
+            modifiers: vec!["ctrl".into()],
+        });
+        let json = serde_json::to_value(&req).expect("serialize");
+        assert_eq!(json["type"], "desktop");
+        assert_eq!(json["action"], "click");
+        let back: Request = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, req);
+        // Unit actions carry only their tag.
+        let back: Request =
+            serde_json::from_str(r#"{"type":"desktop","action":"cursor_position"}"#).expect("unit");
+        assert_eq!(back, Request::Desktop(DesktopAction::CursorPosition));
+        // Unknown actions and unknown fields are refused, not ignored.
+        assert!(serde_json::from_str::<Request>(r#"{"type":"desktop","action":"fly"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(
+            r#"{"type":"desktop","action":"move","x":1,"y":2,"z":3}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn desktop_response_keeps_result_tag_apart() {
+        let resp = Response::Desktop {
+            result: ActionResult::Screenshot {
+                format: ImageFormat::Jpeg,
+                width: 10,
+                height: 20,
+                data: String::new(),
+            },
+        };
+        let json = serde_json::to_value(&resp).expect("serialize");
+        assert_eq!(json["type"], "desktop");
+        assert_eq!(json["result"]["type"], "screenshot");
+        assert_eq!(
+            serde_json::from_value::<Response>(json).expect("back"),
+            resp
+        );
+    }
+
+    #[test]
+    fn error_field_is_optional_and_backward_compatible() {
+        let old: Response =
+            serde_json::from_str(r#"{"type":"error","code":"not_found","message":"m"}"#)
+                .expect("old form");
+        assert_eq!(old, Response::error(ErrorCode::NotFound, "m"));
+        let with = Response::Error(ErrorBody {
+            code: ErrorCode::InvalidArgument,
+            message: "off screen".into(),
+            field: Some("x".into()),
+        });
+        let json = serde_json::to_string(&with).expect("serialize");
+        assert!(json.contains(r#""field":"x""#), "{json}");
+        assert_eq!(serde_json::from_str::<Response>(&json).expect("back"), with);
+        // No field: the key is left out entirely, as older peers wrote it.
+        let plain = serde_json::to_string(&Response::error(ErrorCode::Internal, "m")).expect("ser");
+        assert!(!plain.contains("field"), "{plain}");
+    }
+}

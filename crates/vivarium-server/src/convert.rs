@@ -189,7 +189,11 @@ pub fn driver_error(e: DriverError) -> ApiError {
 /// no longer answers is reported as unavailable (its neighbours and the runner are unaffected).
 pub fn agent_error(runner: &Runner, id: &str, e: ClientError) -> ApiError {
     match e {
-        ClientError::Agent { code, message } => {
+        ClientError::Agent {
+            code,
+            message,
+            field,
+        } => {
             let (status, c) = match code {
                 ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
                 ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
@@ -205,7 +209,11 @@ pub fn agent_error(runner: &Runner, id: &str, e: ClientError) -> ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             };
-            ApiError::new(status, c, message)
+            let e = ApiError::new(status, c, message);
+            match field {
+                Some(f) => e.with_field(f),
+                None => e,
+            }
         }
         ClientError::Connect(_) | ClientError::Io(_) => {
             let still_known = runner.get(id).is_ok();

@@ -157,6 +157,10 @@ mod tests {
                 created_at: Utc::now(),
                 expires_at: Utc::now(),
                 oom_kills: 0,
+                access_token: "t".into(),
+                desktop: None,
+                cdp_url: None,
+                vnc_url: None,
             },
             agent_socket: "/x/agent.sock".into(),
         }

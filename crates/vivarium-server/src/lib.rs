@@ -12,6 +12,7 @@ pub mod convert;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod proxy;
 pub mod routes;
 pub mod runner;
 

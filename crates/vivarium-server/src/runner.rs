@@ -26,6 +26,8 @@ const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
 const PIDS_MAX: u64 = 4096;
 /// Size of /dev/shm in every sandbox (Chromium wants at least 1 GiB).
 const SHM_MIB: u64 = 1024;
+/// Largest desktop resolution (the agent starts Xvfb at this size and switches with RandR).
+pub const MAX_SCREEN: [u32; 2] = [2560, 1600];
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -43,6 +45,10 @@ pub struct RunnerConfig {
     pub instance: String,
     /// Pool of sandbox addresses (one /30 each); `None`: the driver's default, 10.88.0.0/16.
     pub subnet: Option<vivarium_isolation::Ipv4Net>,
+    /// A Docker-style `config.json` whose `auths` hold registry credentials.
+    pub registry_auth: Option<PathBuf>,
+    /// Base URL clients reach the runner at (for `cdp_url`/`vnc_url`), e.g. `http://127.0.0.1:7070`.
+    pub public_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,8 @@ pub struct Runner {
     driver: Driver,
     /// Sandboxes that are running (the cache of `db` that requests read).
     live: Mutex<HashMap<String, RunRecord>>,
+    /// Ids being created or deleted right now; the reaper leaves them alone.
+    busy: Mutex<std::collections::HashSet<String>>,
     host_mem_mib: u64,
 }
 
@@ -93,6 +101,7 @@ impl Runner {
         let images = ImageStore::open(StoreConfig {
             root: cfg.data_dir.join("images"),
             insecure_registries: cfg.insecure_registries.clone(),
+            docker_config: cfg.registry_auth.clone(),
             ..Default::default()
         })?;
         let defaults = DriverConfig::default();
@@ -109,6 +118,7 @@ impl Runner {
             images,
             driver,
             live: Mutex::new(HashMap::new()),
+            busy: Mutex::new(Default::default()),
             host_mem_mib: host_mem_mib(),
         });
         runner.recover().await;
@@ -117,6 +127,25 @@ impl Runner {
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunRecord>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `id` as having a create or delete in flight until the guard drops.
+    fn busy(&self, id: &str) -> BusyGuard<'_> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        BusyGuard {
+            runner: self,
+            id: id.to_string(),
+        }
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     /// Reconciles the database with the host after a (possibly unclean) restart: sandboxes that
@@ -211,8 +240,43 @@ impl Runner {
         Ok(AgentClient::new(self.record(id)?.agent_socket))
     }
 
+    /// Host path of a running sandbox's network namespace (the port proxy joins it to connect).
+    pub fn netns_path(&self, id: &str) -> ApiResult<PathBuf> {
+        self.record(id)?;
+        Ok(self.driver.netns_path(id))
+    }
+
+    /// The secret that opens a running sandbox's port proxy (`Run::access_token`).
+    pub fn access_token(&self, id: &str) -> ApiResult<String> {
+        Ok(self.record(id)?.run.access_token)
+    }
+
+    /// Sandboxes whose lower layer is the image with this manifest digest.
+    pub fn sandboxes_using(&self, digest: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .live()
+            .values()
+            .filter(|r| r.run.image_digest == digest)
+            .map(|r| r.run.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub fn oom_kills(&self, id: &str) -> u64 {
         self.driver.oom_kills(id).unwrap_or(0)
+    }
+
+    /// 409 unless the sandbox runs a desktop session.
+    pub fn require_desktop(&self, id: &str) -> ApiResult<()> {
+        match self.record(id)?.run.desktop {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_desktop",
+                format!("sandbox {id} has no desktop session (create it from a desktop image, or with \"desktop\": true)"),
+            )),
+        }
     }
 
     pub fn validate(&self, req: &CreateRunRequest) -> ApiResult<(String, f64, u64, u64)> {
@@ -273,6 +337,17 @@ impl Runner {
                 ));
             }
         }
+        if let Some([w, h]) = req.resolution {
+            if !(320..=MAX_SCREEN[0]).contains(&w) || !(200..=MAX_SCREEN[1]).contains(&h) {
+                return Err(ApiError::invalid(
+                    "resolution",
+                    format!(
+                        "resolution must be within 320x200 and {}x{}, got {w}x{h}",
+                        MAX_SCREEN[0], MAX_SCREEN[1]
+                    ),
+                ));
+            }
+        }
         for (k, v) in &req.metadata {
             if k.is_empty() || k.len() > 256 || v.len() > 4096 {
                 return Err(ApiError::invalid(
@@ -296,7 +371,21 @@ impl Runner {
             .map_err(|e| convert::image_error(e).with_field("image"))?;
         let image_ready = started.elapsed();
 
+        let is_desktop_image = image
+            .config
+            .labels
+            .get(api::DESKTOP_LABEL)
+            .map(String::as_str)
+            == Some(api::DESKTOP_LABEL_VALUE);
+        let desktop = req
+            .desktop
+            .unwrap_or(is_desktop_image || req.resolution.is_some())
+            .then(|| {
+                let [width, height] = req.resolution.unwrap_or(api::DEFAULT_RESOLUTION);
+                api::DesktopInfo { width, height }
+            });
         let id = new_id();
+        let _busy = self.busy(&id);
         let now = Utc::now();
         let network = req.network.unwrap_or_default();
         let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -322,9 +411,22 @@ impl Runner {
                 created_at: now,
                 expires_at: now + chrono::Duration::seconds(timeout_s as i64),
                 oom_kills: 0,
+                access_token: new_token(),
+                desktop: desktop.clone(),
+                cdp_url: None,
+                vnc_url: None,
             },
             agent_socket: PathBuf::new(),
         };
+        if desktop.is_some() {
+            let urls = crate::proxy::sandbox_urls(&self.cfg.public_url, &id, &rec.run.access_token);
+            rec.run.cdp_url = Some(urls.0);
+            rec.run.vnc_url = Some(urls.1);
+        }
+        let mut agent_args = vec!["--listen".to_string(), AGENT_SOCKET_IN_SANDBOX.to_string()];
+        if let Some(d) = &desktop {
+            agent_args.extend(["--desktop".to_string(), format!("{}x{}", d.width, d.height)]);
+        }
         // Written before anything exists on the host, so a crash from here on is cleaned up at restart.
         self.db.upsert(&rec)?;
 
@@ -349,7 +451,7 @@ impl Runner {
                 NetworkMode::None => vivarium_isolation::NetworkMode::None,
             },
             agent_binary: self.cfg.agent_binary.clone(),
-            agent_args: vec!["--listen".into(), AGENT_SOCKET_IN_SANDBOX.into()],
+            agent_args,
         };
         let result = async {
             let sandbox = self
@@ -392,6 +494,7 @@ impl Runner {
             .live()
             .remove(id)
             .ok_or_else(|| ApiError::not_found(format!("no sandbox with id {id:?}")))?;
+        let _busy = self.busy(id);
         rec.run.state = RunState::Deleting;
         self.db.upsert(&rec)?;
         self.driver.destroy(id).await.map_err(|e| {
@@ -466,6 +569,21 @@ impl Runner {
     }
 }
 
+struct BusyGuard<'a> {
+    runner: &'a Runner,
+    id: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.runner
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 async fn wait_ready(agent: &AgentClient) -> ApiResult<()> {
     let deadline = Instant::now() + AGENT_READY_TIMEOUT;
     let mut delay = Duration::from_micros(500);
@@ -493,6 +611,11 @@ fn validate_env_name(key: &str) -> Result<(), &'static str> {
         return Err("environment variable names cannot contain '=' or NUL");
     }
     Ok(())
+}
+
+/// A secret that opens one sandbox's port proxy: 128 random bits, hex.
+fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// A sandbox id: 12 lowercase hex characters (short enough for interface names derived from it).

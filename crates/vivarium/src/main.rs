@@ -56,6 +56,12 @@ enum Cmd {
         /// Address pool for sandboxes, one /30 each.
         #[arg(long, default_value = "10.88.0.0/16")]
         subnet: String,
+        /// Registry credentials: a Docker-style config.json (`{"auths": {"host": {"auth": "base64 user:pass"}}}`).
+        #[arg(long, env = "VIVARIUM_REGISTRY_AUTH")]
+        registry_auth: Option<PathBuf>,
+        /// URL clients reach this runner at, used in `cdp_url` and `vnc_url` (default: http://LISTEN).
+        #[arg(long, env = "VIVARIUM_PUBLIC_URL")]
+        public_url: Option<String>,
     },
     /// Create a sandbox; with a command after `--`, run it there and print its output.
     Run {
@@ -202,6 +208,8 @@ async fn run(cli: Cli) -> Result<i32> {
             insecure_registries,
             instance,
             subnet,
+            public_url,
+            registry_auth,
         } => {
             let subnet = subnet
                 .parse()
@@ -226,6 +234,10 @@ async fn run(cli: Cli) -> Result<i32> {
                     insecure_registries: insecure_registries.clone(),
                     instance: instance.clone(),
                     subnet: Some(subnet),
+                    registry_auth: registry_auth.clone(),
+                    public_url: public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{listen}")),
                 },
             };
             vivarium_server::serve(cfg).await?;
@@ -254,6 +266,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     env: kv(env, "--env")?,
                     metadata: kv(metadata, "--metadata")?,
                     network: no_network.then_some(NetworkMode::None),
+                    ..Default::default()
                 })
                 .await?;
             if command.is_empty() {

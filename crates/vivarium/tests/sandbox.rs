@@ -171,6 +171,14 @@ async fn pull_create_exec_files_delete() {
     let e = r.client.read_file(&run.id, "/nope").await.unwrap_err();
     assert_eq!(e.status(), Some(404), "{e}");
 
+    // The image cannot be removed while a sandbox runs on it.
+    let e = r.client.remove_image(&remote).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.detail().unwrap().code.as_str()),
+        (Some(409), "image_in_use"),
+        "{e}"
+    );
+
     // Extend the timeout.
     let later = r.client.set_timeout(&run.id, 3600).await.unwrap();
     assert!(later.expires_at > run.expires_at);

@@ -143,7 +143,33 @@ pub async fn push(
     ))
 }
 
+/// Removes a stored image, unless a sandbox still runs on it (its rootfs is that sandbox's lower dir).
 pub async fn remove(State(s): AppStateRef, Path(reference): Path<String>) -> ApiResult<StatusCode> {
+    let digest = if reference.starts_with("sha256:") {
+        Some(reference.clone())
+    } else {
+        let r = ImageStore::parse_reference(&reference)
+            .map_err(|e| image_error(e).with_field("reference"))?;
+        s.runner
+            .images
+            .get(&r)
+            .map_err(image_error)?
+            .map(|i| i.digest)
+    };
+    if let Some(digest) = digest {
+        let users = s.runner.sandboxes_using(&digest);
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "image_in_use",
+                format!(
+                    "image {reference} is used by running sandboxes {}; delete them first",
+                    users.join(", ")
+                ),
+            )
+            .with_field("reference"));
+        }
+    }
     s.runner
         .images
         .remove(&reference)

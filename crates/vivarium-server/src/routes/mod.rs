@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use crate::error::ApiError;
 use crate::runner::Runner;
 
+mod desktop;
 mod exec;
 mod files;
 mod images;
@@ -48,6 +49,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs/{id}/files/list", get(files::list))
         .route("/runs/{id}/files/stat", get(files::stat))
         .route("/runs/{id}/files/mkdir", post(files::mkdir))
+        .route("/runs/{id}/desktop/actions", post(desktop::batch))
+        .route(
+            "/runs/{id}/desktop/screenshot",
+            get(desktop::screenshot).post(desktop::screenshot_json),
+        )
+        .route("/runs/{id}/desktop/{action}", post(desktop::single))
         .route("/images", get(images::list))
         .route("/images/build", post(images::build))
         .route("/images/pull", post(images::build))
@@ -62,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health))
         .route("/v1/health", get(health))
         .nest("/v1", v1)
+        .merge(crate::proxy::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

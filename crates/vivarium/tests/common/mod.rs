@@ -226,3 +226,47 @@ pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// The desktop OCI layout from `images/desktop/build.sh` (needs root; ~60 s the first time, cached
+/// under /var/cache/vivarium by the hash of its inputs), built once per test process.
+pub fn desktop_layout() -> PathBuf {
+    static LAYOUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/desktop/build.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("running images/desktop/build.sh");
+            assert!(
+                out.status.success(),
+                "images/desktop/build.sh failed: {}",
+                out.status
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let last = stdout
+                .lines()
+                .last()
+                .expect("build.sh printed no path")
+                .trim();
+            PathBuf::from(last)
+        })
+        .clone()
+}
+
+impl Runner {
+    /// Imports the desktop image as `vivarium/desktop:<inputs hash>` and returns that tag.
+    pub async fn import_desktop(&self) -> String {
+        let layout = desktop_layout();
+        let name = layout.file_name().unwrap().to_string_lossy().to_string();
+        let hash = name.strip_prefix("desktop-").unwrap_or(&name);
+        let tag = format!("vivarium/desktop:{hash}");
+        self.client
+            .import_image(&layout.to_string_lossy(), &tag)
+            .await
+            .expect("import desktop layout");
+        tag
+    }
+}

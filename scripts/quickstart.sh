@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# From a fresh Debian 12 machine to a running sandbox: installs and builds everything
+# (scripts/setup.sh), builds the desktop image (cached by the hash of its inputs), starts the runner
+# in the background with that image as its default, opens a sandbox and runs a command in it.
+# Run as root. Re-running it reuses what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "quickstart.sh: run as root (sudo $0)" >&2; exit 1; }
+
+scripts/setup.sh
+export PATH="/usr/local/bin:$PATH"
+data_dir="${VIVARIUM_DATA_DIR:-/var/lib/vivarium}"
+listen="${VIVARIUM_LISTEN:-127.0.0.1:7070}"
+log=/var/log/vivarium.log
+export VIVARIUM_URL="http://$listen"
+
+echo "quickstart: building the desktop image (about a minute the first time; cached afterwards)" >&2
+layout=$(images/desktop/build.sh | tail -n 1)
+tag="vivarium/desktop:$(basename "$layout" | sed 's/^desktop-//')"
+
+if ! curl -fsS "$VIVARIUM_URL/healthz" >/dev/null 2>&1; then
+  echo "quickstart: starting the runner on $listen (log: $log)" >&2
+  nohup vivarium serve --listen "$listen" --data-dir "$data_dir" --default-image "$tag" >>"$log" 2>&1 &
+  echo $! > /run/vivarium.pid
+  for _ in $(seq 1 200); do
+    curl -fsS "$VIVARIUM_URL/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS "$VIVARIUM_URL/healthz" >/dev/null || { tail -n 30 "$log" >&2; exit 1; }
+fi
+VIVARIUM_API_KEY="${VIVARIUM_API_KEY:-$(cat "$data_dir/api-key")}"
+export VIVARIUM_API_KEY
+
+vivarium images import "$layout" "$tag" >/dev/null
+id=$(vivarium run "$tag" --timeout 3600)
+echo "quickstart: sandbox $id is running; in it:" >&2
+vivarium exec "$id" -- sh -c 'echo "  $(uname -sr), $(. /etc/os-release; echo $PRETTY_NAME), hostname $(hostname)"'
+
+cat <<MSG
+
+The runner listens on $VIVARIUM_URL (log: $log, data: $data_dir).
+  export VIVARIUM_API_KEY=\$(cat $data_dir/api-key)
+  vivarium ls
+  vivarium exec $id -- ls /
+  vivarium cp $id:/etc/os-release ./os-release
+  vivarium rm $id
+MSG

@@ -35,18 +35,30 @@ enum Which {
         #[arg(long, default_value_t = 200)]
         execs: usize,
     },
+    /// Desktop actions and startup (issue: the desktop).
+    Desktop {
+        /// The desktop OCI layout (default: build it with images/desktop/build.sh).
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        creates: usize,
+        #[arg(long, default_value_t = 40)]
+        samples: usize,
+    },
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+mod desktop;
+
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: &str) {
+pub(crate) fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: &str) {
     println!(
         "{name:<34} {:>10}   {base_name:<28} {:>10}   ratio {:>5.2}x   target {target}",
         ms(ours),
@@ -55,10 +67,10 @@ fn row(name: &str, ours: Duration, base_name: &str, base: Duration, target: &str
     );
 }
 
-struct Runner {
+pub(crate) struct Runner {
     child: std::process::Child,
     _dir: tempfile::TempDir,
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl Drop for Runner {
@@ -68,7 +80,7 @@ impl Drop for Runner {
     }
 }
 
-async fn start_runner(args: &Args) -> Result<Runner> {
+pub(crate) async fn start_runner(args: &Args) -> Result<Runner> {
     let dir = tempfile::Builder::new()
         .prefix("vivarium-bench-")
         .tempdir_in("/var/tmp")?;
@@ -297,5 +309,6 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     match args.cmd {
         Which::Sandbox { creates, execs } => bench_sandbox(&args, creates, execs).await,
+        Which::Desktop { ref layout, creates, samples } => desktop::bench(&args, layout.clone(), creates, samples).await,
     }
 }

@@ -340,6 +340,7 @@ fn run_session(cfg: SessionConfig, state: watch::Sender<State>, stop: mpsc::Rece
         let _ = state.send(State::Starting);
         match Session::start(cfg.clone()) {
             Ok(session) => {
+                wait_for_first_paint(&session.display(), FIRST_PAINT_WAIT);
                 let _ = state.send(State::Ready);
                 // Block until the agent stops us (the sender is dropped); Session supervises.
                 let _ = stop.recv();
@@ -357,6 +358,70 @@ fn run_session(cfg: SessionConfig, state: watch::Sender<State>, stop: mpsc::Rece
             }
         }
     }
+}
+
+/// Longest wait for Chromium's window to show its UI once the session is up.
+const FIRST_PAINT_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until Chromium's window is mapped and painted (its pixels are not one flat colour), so the
+/// first screenshot an agent takes shows the browser, not an empty frame: CDP answers a few to a
+/// few hundred ms before the first paint. Gives up quietly after `timeout` (the desktop works
+/// anyway).
+fn wait_for_first_paint(display: &str, timeout: Duration) {
+    let t0 = std::time::Instant::now();
+    let painted = |d: &Desktop| -> std::result::Result<bool, DesktopError> {
+        let Some(w) = d
+            .list_windows()?
+            .into_iter()
+            .find(|w| w.app.eq_ignore_ascii_case("chromium"))
+        else {
+            return Ok(false);
+        };
+        let size = d.screen_size()?;
+        let (x, y) = (w.x.max(0), w.y.max(0));
+        let width = w.width.min(size.width.saturating_sub(x as u32));
+        let height = w.height.min(size.height.saturating_sub(y as u32));
+        if width == 0 || height == 0 {
+            return Ok(false);
+        }
+        let img = d.capture_rgb(
+            Some(Rect {
+                x,
+                y,
+                width,
+                height,
+            }),
+            false,
+        )?;
+        let first = img.pixel(0, 0);
+        let step = (width / 16).max(1);
+        Ok((0..height)
+            .step_by(((height / 16).max(1)) as usize)
+            .flat_map(|py| (0..width).step_by(step as usize).map(move |px| (px, py)))
+            .any(|(px, py)| img.pixel(px, py) != first))
+    };
+    let d = match Desktop::connect(Some(display)) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot connect to check the first paint");
+            return;
+        }
+    };
+    while t0.elapsed() < timeout {
+        match painted(&d) {
+            Ok(true) => {
+                tracing::info!(ms = t0.elapsed().as_millis(), "chromium painted");
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "first paint check"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(
+        "chromium's window was not painted after {} s",
+        timeout.as_secs()
+    );
 }
 
 /// `Exec=` of a `.desktop` file (by id under the XDG application dirs, or a path), with the field

@@ -551,19 +551,9 @@ impl Runner {
                 .into_iter()
                 .filter(|r| r.run.state == RunState::Deleting)
             {
-                if !self.live().contains_key(&rec.run.id) {
+                if !self.live().contains_key(&rec.run.id) && !self.is_busy(&rec.run.id) {
                     self.destroy_quietly(&rec.run.id).await;
                 }
-            }
-        }
-    }
-
-    /// Removes every sandbox (used by `vivarium serve --cleanup-on-exit` and tests).
-    pub async fn delete_all(&self) {
-        let ids: Vec<String> = self.live().keys().cloned().collect();
-        for id in ids {
-            if let Err(e) = self.delete(&id).await {
-                tracing::error!(sandbox = %id, error = %e, "delete failed");
             }
         }
     }

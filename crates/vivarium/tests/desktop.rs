@@ -244,16 +244,38 @@ async fn input_centre(cdp: &mut Cdp) -> (i32, i32) {
 
 async fn type_into_form(c: &Client, id: &str, cdp: &mut Cdp, text: &str) {
     let (x, y) = input_centre(cdp).await;
-    c.desktop_actions(
-        id,
-        &[
-            DesktopAction::Click {
+    // A freshly opened tab drops input until its first frame is committed; like an agent looking at
+    // the screen, click again until the input has the focus.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.desktop_action(
+            id,
+            &DesktopAction::Click {
                 x: Some(x),
                 y: Some(y),
                 button: MouseButton::Left,
                 count: 1,
                 modifiers: vec![],
             },
+        )
+        .await
+        .expect("click the input");
+        if cdp
+            .eval("document.activeElement && document.activeElement.id")
+            .await
+            == json!("q")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clicking at ({x}, {y}) never focused the input"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.desktop_actions(
+        id,
+        &[
             DesktopAction::Type { text: text.into() },
             DesktopAction::Key {
                 keys: "Return".into(),
@@ -261,7 +283,7 @@ async fn type_into_form(c: &Client, id: &str, cdp: &mut Cdp, text: &str) {
         ],
     )
     .await
-    .expect("click, type, Return");
+    .expect("type, Return");
 }
 
 fn api_error(e: vivarium_client::ClientError) -> (u16, String, Option<String>) {
@@ -314,7 +336,20 @@ async fn desktop_end_to_end() {
     type_into_form(c, &id, &mut cdp, TEXT).await;
     let got = cdp.wait_eval("window.submitted", &json!(TEXT)).await;
     save_screenshot(c, &id, "form").await;
-    assert_eq!(got, json!(TEXT), "value read back over CDP");
+    let state = cdp
+        .eval(
+            "JSON.stringify({active: document.activeElement && document.activeElement.id, \
+             value: document.getElementById('q').value, focus: document.hasFocus(), \
+             sx: window.screenX, sy: window.screenY, ow: window.outerWidth, iw: window.innerWidth, \
+             oh: window.outerHeight, ih: window.innerHeight})",
+        )
+        .await;
+    let centre = input_centre(&mut cdp).await;
+    assert_eq!(
+        got,
+        json!(TEXT),
+        "value read back over CDP (clicked at {centre:?}; page state {state})"
+    );
 
     // Clipboard round trip with non-Latin text.
     let clip = "κόσμε 世界 🎉 ok";
@@ -333,19 +368,29 @@ async fn desktop_end_to_end() {
     );
 
     // Windows: Chromium is listed with the page title, and can be moved and resized.
-    let windows = match c
-        .desktop_action(&id, &DesktopAction::Windows)
-        .await
-        .expect("windows")
-    {
-        ActionResult::Windows { windows } => windows,
-        other => panic!("windows answered {other:?}"),
+    // The X window title follows document.title asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let win = loop {
+        let windows = match c
+            .desktop_action(&id, &DesktopAction::Windows)
+            .await
+            .expect("windows")
+        {
+            ActionResult::Windows { windows } => windows,
+            other => panic!("windows answered {other:?}"),
+        };
+        if let Some(w) = windows
+            .iter()
+            .find(|w| w.title.contains(&format!("done: {TEXT}")))
+        {
+            break w.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no window titled with the submitted form: {windows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let win = windows
-        .iter()
-        .find(|w| w.title.contains("done: "))
-        .unwrap_or_else(|| panic!("no window titled with the submitted form: {windows:?}"))
-        .clone();
     assert_eq!(win.app, "Chromium");
     c.desktop_actions(
         &id,

@@ -192,7 +192,7 @@ async fn pull_create_exec_files_delete() {
     assert_eq!(e.status(), Some(404));
     assert_eq!(e.detail().unwrap().code, "not_found");
     assert!(
-        r.host_traces(&[run.id.clone()]).is_empty(),
+        r.host_traces(std::slice::from_ref(&run.id)).is_empty(),
         "{:?}",
         r.host_traces(&[run.id])
     );

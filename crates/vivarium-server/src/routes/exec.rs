@@ -201,7 +201,7 @@ pub async fn wait(
 ) -> ApiResult<Json<Process>> {
     let pid = parse_pid(&pid)?;
     let timeout = match req.timeout_s {
-        Some(t) if !(t.is_finite() && t >= 0.0 && t <= 86_400.0) => {
+        Some(t) if !(t.is_finite() && (0.0..=86_400.0).contains(&t)) => {
             return Err(ApiError::invalid(
                 "timeout_s",
                 "timeout_s must be between 0 and 86400",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs the Debian packages, builds the static guest agent,
-# checks formatting and lints, then runs every test (unit and integration, against real sandboxes
-# and a real registry on loopback). Run as root on Debian 12.
+# checks formatting and lints, then runs every suite against real sandboxes, a real registry on
+# loopback and real desktops: Rust (unit + end-to-end), Python SDK (pytest), TypeScript SDK (node
+# --test). Every suite runs even when an earlier one fails; the exit status says whether all passed.
+# Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --deps
@@ -9,7 +11,25 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export VIVARIUM_AGENT="$(scripts/build-agent.sh)"
 cargo fmt --all --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
-# playwright-core for the browser tests (never a browser download: they drive Debian's chromium).
+
+# Test-only tools, from the registries by name: a Python venv (SDK, its tests, the MCP client, the
+# OpenAPI validator) and playwright-core (never a browser download: tests drive Debian's chromium).
+venv=/var/tmp/vivarium-test-venv
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q -e 'sdk/python[test]' 'openapi-spec-validator>=0.7,<0.8'
+export VIVARIUM_OAS_VALIDATOR="$venv/bin/openapi-spec-validator"
+export VIVARIUM_TEST_PYTHON="$venv/bin/python"
 command -v npm >/dev/null || apt-get install -y -qq --no-install-recommends npm >/dev/null
 npm ci --no-audit --no-fund --prefix tests/e2e >/dev/null
-cargo test --workspace --no-fail-fast 2>&1
+npm ci --no-audit --no-fund --prefix sdk/typescript >/dev/null
+
+# The desktop image is built once (cached by the hash of its inputs) before the suites need it.
+export VIVARIUM_DESKTOP_LAYOUT="$(images/desktop/build.sh | tail -n 1)"
+cargo build --quiet -p vivarium
+export VIVARIUM_BIN="$PWD/target/debug/vivarium"
+
+status=0
+cargo test --workspace --no-fail-fast 2>&1 || status=1
+"$venv/bin/pytest" -q sdk/python/tests 2>&1 || status=1
+{ npm run --silent --prefix sdk/typescript build && npm test --prefix sdk/typescript; } 2>&1 || status=1
+exit $status

@@ -309,6 +309,10 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     match args.cmd {
         Which::Sandbox { creates, execs } => bench_sandbox(&args, creates, execs).await,
-        Which::Desktop { ref layout, creates, samples } => desktop::bench(&args, layout.clone(), creates, samples).await,
+        Which::Desktop {
+            ref layout,
+            creates,
+            samples,
+        } => desktop::bench(&args, layout.clone(), creates, samples).await,
     }
 }

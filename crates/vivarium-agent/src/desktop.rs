@@ -340,6 +340,7 @@ fn run_session(cfg: SessionConfig, state: watch::Sender<State>, stop: mpsc::Rece
         let _ = state.send(State::Starting);
         match Session::start(cfg.clone()) {
             Ok(session) => {
+                paint_background(&session.display());
                 wait_for_first_paint(&session.display(), FIRST_PAINT_WAIT);
                 let _ = state.send(State::Ready);
                 // Block until the agent stops us (the sender is dropped); Session supervises.
@@ -357,6 +358,16 @@ fn run_session(cfg: SessionConfig, state: watch::Sender<State>, stop: mpsc::Rece
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The desktop's colour behind all windows (a calm slate instead of X's black).
+const BACKGROUND_RGB: u32 = 0x2e_34_40;
+
+fn paint_background(display: &str) {
+    let painted = Desktop::connect(Some(display)).and_then(|d| d.set_background_color(BACKGROUND_RGB));
+    if let Err(e) = painted {
+        tracing::warn!(error = %e, "could not paint the desktop background");
     }
 }
 
@@ -457,11 +468,13 @@ fn desktop_entry_exec(id: &str) -> Result<(String, Vec<String>)> {
     Ok((program, words.collect()))
 }
 
-/// Percent-encodes what cannot stand in an HTTP request target (controls, space, non-ASCII).
+/// Percent-encodes the URL for `/json/new?<url>`. Chromium percent-decodes that query once, so
+/// everything outside RFC 3986's unreserved set is escaped — `%`, `#`, `&` included — and the tab
+/// opens exactly the URL given (`?q=%23tag` stays `?q=%23tag`; a `#` stays a fragment).
 fn encode_target(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
+    let mut out = String::with_capacity(url.len() * 3);
     for b in url.bytes() {
-        if b.is_ascii_graphic() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -841,7 +854,12 @@ mod tests {
     fn request_targets_are_encoded() {
         assert_eq!(
             encode_target("http://a/b?q=x y&z=ü"),
-            "http://a/b?q=x%20y&z=%C3%BC"
+            "http://a/b%3Fq%3Dx%20y%26z%3D%C3%BC"
+        );
+        // Chromium decodes the query once: escaped escapes and fragments survive it.
+        assert_eq!(
+            encode_target("http://a/?q=%23tag#frag"),
+            "http://a/%3Fq%3D%2523tag%23frag"
         );
     }
 

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ImageFormat {
     #[default]
@@ -26,6 +27,7 @@ impl ImageFormat {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MouseButton {
     #[default]
@@ -38,6 +40,7 @@ pub enum MouseButton {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ScrollDirection {
     Up,
@@ -47,6 +50,7 @@ pub enum ScrollDirection {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Region {
     pub x: u32,
     pub y: u32,
@@ -64,6 +68,7 @@ fn three() -> u32 {
 
 /// One thing to do on the desktop. JSON: `{"action": "click", "x": 10, "y": 20}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DesktopAction {
     Screenshot {
@@ -241,6 +246,7 @@ impl DesktopAction {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WindowInfo {
     pub id: u32,
     pub title: String,
@@ -257,6 +263,7 @@ pub struct WindowInfo {
 
 /// What an action answers. JSON: `{"type": "position", "x": 1, "y": 2}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ActionResult {
     Ok,
@@ -290,12 +297,14 @@ pub enum ActionResult {
 
 /// `POST /v1/runs/{id}/desktop/actions`: run these in order; stops at the first error.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActionBatch {
     pub actions: Vec<DesktopAction>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchResult {
     pub results: Vec<ActionResult>,
 }

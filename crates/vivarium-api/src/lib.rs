@@ -27,6 +27,7 @@ pub const MAX_VCPUS: f64 = 256.0;
 
 /// `POST /v1/runs`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateRunRequest {
     /// OCI image reference with a pinned tag or a digest (`python:3.12-slim`, `repo@sha256:…`).
@@ -69,6 +70,7 @@ pub const DESKTOP_LABEL: &str = "org.vivarium.image";
 pub const DESKTOP_LABEL_VALUE: &str = "desktop";
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     #[default]
@@ -77,6 +79,7 @@ pub enum NetworkMode {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Creating,
@@ -86,6 +89,7 @@ pub enum RunState {
 
 /// A sandbox as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Run {
     pub id: String,
     pub state: RunState,
@@ -122,18 +126,21 @@ pub struct Run {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DesktopInfo {
     pub width: u32,
     pub height: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunList {
     pub runs: Vec<Run>,
 }
 
 /// `POST /v1/runs/{id}/timeout`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetTimeoutRequest {
     /// New lifetime in seconds, counted from now.
@@ -142,6 +149,7 @@ pub struct SetTimeoutRequest {
 
 /// `POST /v1/runs/{id}/exec`, `/exec/stream` and `/processes`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// A shell command line, run with `/bin/sh -c`. Exactly one of `command` and `argv`.
@@ -172,6 +180,7 @@ pub struct ExecRequest {
 pub const DEFAULT_EXEC_TIMEOUT_S: f64 = 60.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecResponse {
     /// Exit status; `null` when the process was killed by a signal.
     pub exit_code: Option<i32>,
@@ -191,6 +200,7 @@ pub struct ExecResponse {
 
 /// One line of the NDJSON stream answered by `POST /v1/runs/{id}/exec/stream`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
     Started {
@@ -215,6 +225,7 @@ pub enum ExecEvent {
 
 /// A background process (`POST /v1/runs/{id}/processes`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Process {
     pub pid: u32,
     pub argv: Vec<String>,
@@ -231,12 +242,14 @@ pub struct Process {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessList {
     pub processes: Vec<Process>,
 }
 
 /// `POST /v1/runs/{id}/processes/{pid}/signal`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     /// A number (`15`) or a name (`TERM`, `SIGKILL`).
@@ -245,6 +258,7 @@ pub struct SignalRequest {
 
 /// `POST /v1/runs/{id}/files` (small writes as JSON; large ones use `PUT /files?path=` with a raw body).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WriteFileRequest {
     pub path: String,
@@ -259,6 +273,7 @@ pub struct WriteFileRequest {
 
 /// `POST /v1/runs/{id}/files/mkdir`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MkdirRequest {
     pub path: String,
@@ -273,6 +288,7 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FileType {
     File,
@@ -282,6 +298,7 @@ pub enum FileType {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileInfo {
     pub name: String,
     pub path: String,
@@ -294,12 +311,14 @@ pub struct FileInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileList {
     pub entries: Vec<FileInfo>,
 }
 
 /// `POST /v1/images/build`, `POST /v1/images/pull`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BuildImageRequest {
     pub image: String,
@@ -307,6 +326,7 @@ pub struct BuildImageRequest {
 
 /// `POST /v1/images/import`: an OCI layout (directory or tar) on the runner's host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImportImageRequest {
     pub path: String,
@@ -316,6 +336,7 @@ pub struct ImportImageRequest {
 
 /// `POST /v1/images/push`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PushImageRequest {
     /// A stored image (reference or digest).
@@ -324,7 +345,18 @@ pub struct PushImageRequest {
     pub target: String,
 }
 
+/// What `POST /v1/images/push` answers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushImageResponse {
+    /// Where the image went.
+    pub target: String,
+    /// The manifest digest the registry stored.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Image {
     pub reference: String,
     pub digest: String,
@@ -335,6 +367,7 @@ pub struct Image {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageList {
     pub images: Vec<Image>,
 }
@@ -342,6 +375,7 @@ pub struct ImageList {
 /// One line of the NDJSON progress stream of `POST /v1/images/build` when the client sends
 /// `Accept: application/x-ndjson`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ImageProgress {
     Resolving,
@@ -362,6 +396,7 @@ pub enum ImageProgress {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -369,11 +404,13 @@ pub struct Health {
 
 /// Every error the API answers: `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid_argument`, `not_found`, `unauthorized`, `conflict`,
     /// `unpinned_tag`, `image_not_found`, `registry_unreachable`, `timeout`, `internal`…

@@ -239,6 +239,8 @@ pub fn chromium_args(cfg: &ChromiumConfig) -> Vec<String> {
         "--disable-gpu",
         "--force-renderer-accessibility",
         "--no-sandbox",
+        // The browser fills the screen, as a person's would; agents then see one consistent layout.
+        "--start-maximized",
     ]
     .iter()
     .map(|s| s.to_string())

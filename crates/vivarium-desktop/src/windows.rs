@@ -425,4 +425,17 @@ impl Desktop {
         c.free_pixmap(pixmap).ctx("free pixmap")?;
         self.sync()
     }
+
+    /// Paints the desktop behind all windows one solid colour, `0xRRGGBB` (TrueColor root).
+    pub fn set_background_color(&self, rgb: u32) -> Result<()> {
+        let c = &self.conn;
+        c.change_window_attributes(
+            self.root,
+            &ChangeWindowAttributesAux::new().background_pixel(rgb & 0xff_ff_ff),
+        )
+        .ctx("set root background")?;
+        c.clear_area(false, self.root, 0, 0, 0, 0)
+            .ctx("clear root")?;
+        self.sync()
+    }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod computer;
 pub mod convert;
 pub mod db;
 pub mod error;

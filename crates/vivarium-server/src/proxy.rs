@@ -522,6 +522,33 @@ fn forwarded_https(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
+/// Forwards any HTTP request or WebSocket upgrade to `port` inside the sandbox (its loopback).
+///
+/// Chromium's DevTools listings (`/json/version`, `/json/list`) are rewritten so their
+/// `webSocketDebuggerUrl`s point back through this proxy. Authenticate with the sandbox's
+/// `access_token` (`?token=`, then a cookie) or the API key as a bearer token.
+#[utoipa::path(
+    method(get, put, post, delete, options, head, patch, trace),
+    path = "/sb/{id}/p/{port}/{rest}",
+    operation_id = "proxy",
+    tag = "proxy",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("port" = u16, Path, description = "TCP port inside the sandbox"),
+        ("rest" = String, Path, description = "The rest of the upstream path (may contain `/`)"),
+        ("token" = Option<String>, Query, description = "The sandbox's `access_token`; removed before forwarding"),
+    ),
+    responses(
+        (status = 200, description = "Whatever the upstream server answers (any status, any content)"),
+        (status = 101, description = "WebSocket upgrade accepted by the upstream server"),
+        (status = 400, description = "Invalid port", body = vivarium_api::ErrorBody),
+        (status = 401, description = "No or wrong token / key", body = vivarium_api::ErrorBody),
+        (status = 404, description = "No such sandbox, or nothing listens on the port", body = vivarium_api::ErrorBody),
+        (status = 502, description = "The upstream failed", body = vivarium_api::ErrorBody),
+        (status = 504, description = "Connecting to the upstream timed out", body = vivarium_api::ErrorBody),
+    ),
+    security(("access_token" = []), ("bearer" = []))
+)]
 async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
     match forward(&state, req).await {
         Ok(resp) => resp,

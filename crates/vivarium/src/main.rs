@@ -63,6 +63,9 @@ enum Cmd {
         #[arg(long, env = "VIVARIUM_PUBLIC_URL")]
         public_url: Option<String>,
     },
+    /// Serve MCP (Model Context Protocol) on stdin/stdout: sandbox, command, file and desktop tools
+    /// over the runner at --url / VIVARIUM_URL (the runner also serves MCP over HTTP at /mcp).
+    Mcp,
     /// Create a sandbox; with a command after `--`, run it there and print its output.
     Run {
         /// Image reference (pinned tag or digest); omitted: the runner's default image.
@@ -241,6 +244,18 @@ async fn run(cli: Cli) -> Result<i32> {
                 },
             };
             vivarium_server::serve(cfg).await?;
+            Ok(0)
+        }
+        Cmd::Mcp => {
+            // stdout carries the protocol: logs go to stderr only.
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            vivarium_mcp::serve_stdio(client(&cli)).await?;
             Ok(0)
         }
         Cmd::Run {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use vivarium_api::desktop::{
     ActionBatch, ActionResult, BatchResult, DesktopAction, ImageFormat, Region,
 };
+use vivarium_api::ErrorBody;
 
 use super::AppStateRef;
 use crate::convert::agent_error;
@@ -86,6 +87,21 @@ fn inline(result: ActionResult, data: Bytes) -> ActionResult {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/desktop/actions",
+    operation_id = "desktop_actions",
+    tag = "desktop",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = ActionBatch,
+    responses(
+        (status = 200, description = "One result per action, in order", body = BatchResult),
+        (status = 400, description = "An action is invalid; `error.field` is `actions[i]...`", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox has no desktop, or is not running", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /v1/runs/{id}/desktop/actions` `{"actions": [...]}`: in order, stopping at the first error
 /// (whose message names the action's index).
 pub async fn batch(
@@ -112,6 +128,21 @@ pub async fn batch(
     Ok(Json(BatchResult { results }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/desktop/{action}",
+    operation_id = "desktop_action",
+    tag = "desktop",
+    params(("id" = String, Path, description = "Sandbox id"), ("action" = String, Path, description = "A `DesktopAction` tag: `click`, `type`, `key`, `scroll`, `windows`, …")),
+    request_body(content = HashMap<String, serde_json::Value>, description = "The action's fields (as in `DesktopAction`, without `action`); may be empty"),
+    responses(
+        (status = 200, description = "What the action answers", body = ActionResult),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox has no desktop, or is not running", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /v1/runs/{id}/desktop/{action}` with the action's fields as the body (`{"x":1,"y":2}`).
 pub async fn single(
     State(s): AppStateRef,
@@ -136,6 +167,21 @@ pub async fn single(
     Ok(Json(inline(r, data)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/desktop/screenshot",
+    operation_id = "screenshot_json",
+    tag = "desktop",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body(content = HashMap<String, serde_json::Value>, description = "The `screenshot` action's fields (`format`, `quality`, `region`, `scale_to`, `cursor`); may be empty"),
+    responses(
+        (status = 200, description = "`{\"type\": \"screenshot\", ..., \"data\": <base64>}`", body = ActionResult),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox has no desktop, or is not running", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /v1/runs/{id}/desktop/screenshot` answers JSON with base64 like every other action.
 pub async fn screenshot_json(
     state: AppStateRef,
@@ -173,6 +219,21 @@ fn num<T: std::str::FromStr>(field: &str, v: &Option<String>) -> ApiResult<Optio
         .transpose()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/desktop/screenshot",
+    operation_id = "screenshot",
+    tag = "desktop",
+    params(("id" = String, Path, description = "Sandbox id"), ("format" = Option<String>, Query, description = "`png` (default), `jpeg` or `webp`"), ("quality" = Option<u8>, Query, description = "JPEG/WebP quality 1–100"), ("width" = Option<u32>, Query, description = "Scale to this width (with `height`)"), ("height" = Option<u32>, Query, description = "Scale to this height (with `width`)"), ("region" = Option<String>, Query, description = "Capture only `x,y,width,height`"), ("cursor" = Option<bool>, Query, description = "Draw the mouse cursor")),
+    responses(
+        (status = 200, description = "The image", headers(("x-screenshot-width" = u32, description = "Image width"), ("x-screenshot-height" = u32, description = "Image height")),
+         content(("image/png"), ("image/jpeg"), ("image/webp"))),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox has no desktop, or is not running", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /v1/runs/{id}/desktop/screenshot?format=png|jpeg|webp&quality=&width=&height=&region=x,y,w,h&cursor=1`:
 /// the image itself (the fast path for agents: no base64, no JSON).
 pub async fn screenshot(

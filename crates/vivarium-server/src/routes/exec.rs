@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
-use vivarium_api::{ExecEvent, ExecRequest, ExecResponse, Process, ProcessList, SignalRequest};
+use vivarium_api::{
+    ErrorBody, ExecEvent, ExecRequest, ExecResponse, Process, ProcessList, SignalRequest,
+};
 use vivarium_proto::ExecEvent as AgentEvent;
 
 use super::AppStateRef;
@@ -15,6 +17,23 @@ use crate::convert::{self, agent_error};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_json, ApiJson};
 
+/// Runs a command to completion and answers its output (or, with `background`, starts it).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/exec",
+    operation_id = "exec",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = ExecRequest,
+    responses(
+        (status = 200, description = "The finished command", body = ExecResponse),
+        (status = 201, description = "`background: true`: the started process", body = Process),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn exec(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -46,6 +65,22 @@ pub async fn exec(
     .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/exec/stream",
+    operation_id = "exec_stream",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = ExecRequest,
+    responses(
+        (status = 200, description = "One `ExecEvent` JSON object per line: `started`, then `stdout`/`stderr`, then `exit` or `error`",
+         content_type = "application/x-ndjson", body = ExecEvent),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// Output as it is produced: one JSON object per line (`application/x-ndjson`). Closing the
 /// connection kills the process.
 pub async fn exec_stream(
@@ -134,6 +169,22 @@ async fn spawn_inner(s: &super::AppState, id: &str, req: ExecRequest) -> ApiResu
     Ok(convert::process(p))
 }
 
+/// Starts a background process.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/processes",
+    operation_id = "spawn_process",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = ExecRequest,
+    responses(
+        (status = 201, description = "The started process", body = Process),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn spawn(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -142,6 +193,20 @@ pub async fn spawn(
     Ok((StatusCode::CREATED, Json(spawn_inner(&s, &id, req).await?)))
 }
 
+/// The sandbox's background processes.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/processes",
+    operation_id = "list_processes",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Background processes, with output so far", body = ProcessList),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn processes(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -156,6 +221,21 @@ pub async fn processes(
     }))
 }
 
+/// One background process.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/processes/{pid}",
+    operation_id = "get_process",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id"), ("pid" = u32, Path, description = "The process id inside the sandbox")),
+    responses(
+        (status = 200, description = "The process", body = Process),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn process(
     State(s): AppStateRef,
     Path((id, pid)): Path<(String, String)>,
@@ -172,6 +252,22 @@ pub async fn process(
         .ok_or_else(|| ApiError::not_found(format!("no background process {pid} in sandbox {id}")))
 }
 
+/// Sends a signal to a background process's group.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/processes/{pid}/signal",
+    operation_id = "signal_process",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id"), ("pid" = u32, Path, description = "The process id inside the sandbox")),
+    request_body = SignalRequest,
+    responses(
+        (status = 204, description = "Sent"),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn signal(
     State(s): AppStateRef,
     Path((id, pid)): Path<(String, String)>,
@@ -187,13 +283,31 @@ pub async fn signal(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /v1/runs/{id}/processes/{pid}/wait`
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitRequest {
+    /// Give up after this many seconds (0–86400) and answer the still running process.
     #[serde(default)]
     timeout_s: Option<f64>,
 }
 
+/// Waits for a background process to exit (or `timeout_s` to pass) and answers it.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/processes/{pid}/wait",
+    operation_id = "wait_process",
+    tag = "exec",
+    params(("id" = String, Path, description = "Sandbox id"), ("pid" = u32, Path, description = "The process id inside the sandbox")),
+    request_body = WaitRequest,
+    responses(
+        (status = 200, description = "The process; `running` is still true if the wait timed out", body = Process),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn wait(
     State(s): AppStateRef,
     Path((id, pid)): Path<(String, String)>,

@@ -7,7 +7,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
-use vivarium_api::{FileInfo, FileList, MkdirRequest, WriteFileRequest};
+use vivarium_api::{ErrorBody, FileInfo, FileList, MkdirRequest, WriteFileRequest};
 use vivarium_proto::WriteOptions;
 
 use super::AppStateRef;
@@ -96,6 +96,20 @@ fn parse_bool(field: &str, v: Option<&str>) -> ApiResult<bool> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/files",
+    operation_id = "read_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Query, description = "Absolute path in the sandbox")),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /v1/runs/{id}/files?path=/abs/file`: the file's bytes, streamed.
 pub async fn download(
     State(s): AppStateRef,
@@ -119,6 +133,21 @@ pub async fn download(
         .into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/runs/{id}/files",
+    operation_id = "upload_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Query, description = "Absolute path in the sandbox"), ("mode" = Option<String>, Query, description = "Octal permission bits, e.g. `0644`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's new content"),
+    responses(
+        (status = 201, description = "The written file", body = FileInfo),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `PUT /v1/runs/{id}/files?path=/abs/file&mode=0644`: the body becomes the file (parents created,
 /// written to a temporary name and renamed into place, so readers never see half a file).
 pub async fn upload(
@@ -148,6 +177,21 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(convert::file_info(stat))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/files",
+    operation_id = "write_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = WriteFileRequest,
+    responses(
+        (status = 201, description = "The written file", body = FileInfo),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /v1/runs/{id}/files` with `{path, content, encoding?, mode?}`.
 pub async fn write_json(
     State(s): AppStateRef,
@@ -188,6 +232,21 @@ pub async fn write_json(
     Ok((StatusCode::CREATED, Json(convert::file_info(stat))))
 }
 
+/// Removes a file or (with `recursive`) a directory tree.
+#[utoipa::path(
+    delete,
+    path = "/v1/runs/{id}/files",
+    operation_id = "remove_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Query, description = "Absolute path in the sandbox"), ("recursive" = Option<bool>, Query, description = "Remove a directory and its contents")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn remove(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -206,6 +265,21 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Lists a directory.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/files/list",
+    operation_id = "list_files",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Query, description = "Absolute path in the sandbox"), ("depth" = Option<u32>, Query, description = "Levels to descend, 1–32 (default 1)")),
+    responses(
+        (status = 200, description = "The entries", body = FileList),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -232,6 +306,21 @@ pub async fn list(
     }))
 }
 
+/// Metadata of one path.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/files/stat",
+    operation_id = "stat_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Query, description = "Absolute path in the sandbox")),
+    responses(
+        (status = 200, description = "The path's metadata", body = FileInfo),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn stat(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -246,6 +335,22 @@ pub async fn stat(
     Ok(Json(convert::file_info(st)))
 }
 
+/// Creates a directory (and, by default, its parents).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/files/mkdir",
+    operation_id = "make_dir",
+    tag = "files",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = MkdirRequest,
+    responses(
+        (status = 201, description = "Created"),
+        (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
+        (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn mkdir(
     State(s): AppStateRef,
     Path(id): Path<String>,

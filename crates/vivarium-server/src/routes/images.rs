@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use vivarium_api::{
-    BuildImageRequest, Image, ImageList, ImageProgress, ImportImageRequest, PushImageRequest,
+    BuildImageRequest, ErrorBody, Image, ImageList, ImageProgress, ImportImageRequest,
+    PushImageRequest, PushImageResponse,
 };
 use vivarium_image::{ImageStore, PullProgress};
 
@@ -14,6 +15,17 @@ use crate::convert::{self, image_error};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 
+/// The stored images.
+#[utoipa::path(
+    get,
+    path = "/v1/images",
+    operation_id = "list_images",
+    tag = "images",
+    responses(
+        (status = 200, description = "The images", body = ImageList),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(State(s): AppStateRef) -> ApiResult<Json<ImageList>> {
     let images = s.runner.images.list().map_err(image_error)?;
     Ok(Json(ImageList {
@@ -21,6 +33,20 @@ pub async fn list(State(s): AppStateRef) -> ApiResult<Json<ImageList>> {
     }))
 }
 
+/// One stored image.
+#[utoipa::path(
+    get,
+    path = "/v1/images/{reference}",
+    operation_id = "get_image",
+    tag = "images",
+    params(("reference" = String, Path, description = "An image reference (`busybox:1.36`, may contain `/`) or a digest (`sha256:...`)")),
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 400, description = "Not a valid reference", body = ErrorBody),
+        (status = 404, description = "Not stored here (`image_not_found`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(State(s): AppStateRef, Path(reference): Path<String>) -> ApiResult<Json<Image>> {
     let r = ImageStore::parse_reference(&reference)
         .map_err(|e| image_error(e).with_field("reference"))?;
@@ -34,6 +60,22 @@ pub async fn get(State(s): AppStateRef, Path(reference): Path<String>) -> ApiRes
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/images/build",
+    operation_id = "build_image",
+    tag = "images",
+    request_body = BuildImageRequest,
+    responses(
+        (status = 200, description = "With `Accept: application/x-ndjson`: one `ImageProgress` per line, ending in `done` or `error`",
+         content_type = "application/x-ndjson", body = ImageProgress),
+        (status = 201, description = "The stored image", body = Image),
+        (status = 400, description = "Not a pinned reference (`unpinned_tag`) or invalid", body = ErrorBody),
+        (status = 404, description = "The registry has no such image (`image_not_found`)", body = ErrorBody),
+        (status = 502, description = "The registry is unreachable (`registry_unreachable`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// Pulls and prepares an image ahead of use. With `Accept: application/x-ndjson` the answer is a
 /// stream of progress lines ending in `done` or `error`; otherwise the finished image.
 pub async fn build(
@@ -99,6 +141,19 @@ fn line<T: serde::Serialize>(v: &T) -> Bytes {
     Bytes::from(l)
 }
 
+/// Imports an OCI layout (directory or tar) that is on the runner's host.
+#[utoipa::path(
+    post,
+    path = "/v1/images/import",
+    operation_id = "import_image",
+    tag = "images",
+    request_body = ImportImageRequest,
+    responses(
+        (status = 201, description = "The stored image", body = Image),
+        (status = 400, description = "Bad path, tag or layout", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn import(
     State(s): AppStateRef,
     ApiJson(req): ApiJson<ImportImageRequest>,
@@ -126,10 +181,25 @@ pub async fn import(
     Ok((StatusCode::CREATED, Json(convert::image(&info))))
 }
 
+/// Pushes a stored image to a registry.
+#[utoipa::path(
+    post,
+    path = "/v1/images/push",
+    operation_id = "push_image",
+    tag = "images",
+    request_body = PushImageRequest,
+    responses(
+        (status = 200, description = "Pushed", body = PushImageResponse),
+        (status = 400, description = "Bad reference", body = ErrorBody),
+        (status = 404, description = "No such stored image", body = ErrorBody),
+        (status = 502, description = "The registry is unreachable or refused", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn push(
     State(s): AppStateRef,
     ApiJson(req): ApiJson<PushImageRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PushImageResponse>> {
     let target = ImageStore::parse_reference(&req.target)
         .map_err(|e| image_error(e).with_field("target"))?;
     let digest = s
@@ -138,11 +208,25 @@ pub async fn push(
         .push(&req.image, &target)
         .await
         .map_err(|e| image_error(e).with_field("image"))?;
-    Ok(Json(
-        serde_json::json!({ "target": req.target, "digest": digest }),
-    ))
+    Ok(Json(PushImageResponse {
+        target: req.target,
+        digest,
+    }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/images/{reference}",
+    operation_id = "delete_image",
+    tag = "images",
+    params(("reference" = String, Path, description = "An image reference (`busybox:1.36`, may contain `/`) or a digest (`sha256:...`)")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "Not stored here", body = ErrorBody),
+        (status = 409, description = "A running sandbox uses it (`image_in_use`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// Removes a stored image, unless a sandbox still runs on it (its rootfs is that sandbox's lower dir).
 pub async fn remove(State(s): AppStateRef, Path(reference): Path<String>) -> ApiResult<StatusCode> {
     let digest = if reference.starts_with("sha256:") {

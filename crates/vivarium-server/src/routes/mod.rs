@@ -16,6 +16,7 @@ mod desktop;
 mod exec;
 mod files;
 mod images;
+pub mod openapi;
 mod runs;
 
 pub struct AppState {
@@ -55,6 +56,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(desktop::screenshot).post(desktop::screenshot_json),
         )
         .route("/runs/{id}/desktop/{action}", post(desktop::single))
+        .route(
+            "/runs/{id}/computer/anthropic",
+            post(crate::computer::anthropic),
+        )
+        .route(
+            "/runs/{id}/computer/anthropic/tool",
+            get(crate::computer::anthropic_tool_def),
+        )
+        .route("/runs/{id}/computer/openai", post(crate::computer::openai))
+        .route(
+            "/runs/{id}/computer/openai/tool",
+            get(crate::computer::openai_tool_def),
+        )
         .route("/images", get(images::list))
         .route("/images/build", post(images::build))
         .route("/images/pull", post(images::build))
@@ -68,6 +82,21 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi::serve))
+        // MCP over streamable HTTP, behind the key; its tools call this same API (vivarium-mcp).
+        .merge(
+            Router::new()
+                .route_service(
+                    "/mcp",
+                    vivarium_mcp::in_process_http_service(
+                        Router::new()
+                            .nest("/v1", v1.clone())
+                            .with_state(state.clone()),
+                        state.api_key.clone(),
+                    ),
+                )
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_key)),
+        )
         .nest("/v1", v1)
         .merge(crate::proxy::router())
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -75,6 +104,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Liveness: answers while the runner serves (no key needed).
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    operation_id = "health",
+    tag = "meta",
+    responses((status = 200, description = "The runner is up", body = vivarium_api::Health))
+)]
 async fn health() -> Json<vivarium_api::Health> {
     Json(vivarium_api::Health {
         status: "ok".into(),

@@ -31,5 +31,6 @@ export VIVARIUM_BIN="$PWD/target/debug/vivarium"
 status=0
 cargo test --workspace --no-fail-fast 2>&1 || status=1
 "$venv/bin/pytest" -q sdk/python/tests 2>&1 || status=1
+crates/vivarium-mcp/tests/run.sh 2>&1 || status=1
 { npm run --silent --prefix sdk/typescript build && npm test --prefix sdk/typescript; } 2>&1 || status=1
 exit $status

@@ -365,7 +365,8 @@ fn run_session(cfg: SessionConfig, state: watch::Sender<State>, stop: mpsc::Rece
 const BACKGROUND_RGB: u32 = 0x2e_34_40;
 
 fn paint_background(display: &str) {
-    let painted = Desktop::connect(Some(display)).and_then(|d| d.set_background_color(BACKGROUND_RGB));
+    let painted =
+        Desktop::connect(Some(display)).and_then(|d| d.set_background_color(BACKGROUND_RGB));
     if let Err(e) = painted {
         tracing::warn!(error = %e, "could not paint the desktop background");
     }

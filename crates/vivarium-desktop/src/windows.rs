@@ -274,6 +274,10 @@ impl Desktop {
     ) -> Result<()> {
         self.check_window(id)?;
         if self.wm_running()? {
+            // A window manager keeps a maximized window's geometry: asked to move or resize a
+            // window, a person (and an agent) means it, so leave the maximized state first. The WM
+            // handles the two messages in order.
+            self.set_maximized(id, false)?;
             let mut flags = STATIC_GRAVITY | (SOURCE_PAGER << 12);
             let (mut x, mut y, mut w, mut h) = (0u32, 0u32, 0u32, 0u32);
             if let Some((px, py)) = pos {
@@ -324,13 +328,17 @@ impl Desktop {
         if !self.wm_running()? {
             return Err(DesktopError::NoWindowManager);
         }
-        const ADD: u32 = 1;
+        self.set_maximized(id, true)
+    }
+
+    /// Adds or removes both maximized states (EWMH `_NET_WM_STATE`, action ADD 1 / REMOVE 0).
+    fn set_maximized(&self, id: u32, maximized: bool) -> Result<()> {
         let a = &self.atoms;
         self.send_wm_message(
             id,
             a._NET_WM_STATE,
             [
-                ADD,
+                u32::from(maximized),
                 a._NET_WM_STATE_MAXIMIZED_VERT,
                 a._NET_WM_STATE_MAXIMIZED_HORZ,
                 SOURCE_PAGER,

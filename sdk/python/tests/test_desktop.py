@@ -104,6 +104,18 @@ def page(desktop: Sandbox) -> Iterator[Cdp]:
     with ws_connect(t["webSocketDebuggerUrl"], max_size=None) as ws:
         cdp = Cdp(ws)
         eventually(lambda: cdp.evaluate("document.readyState") == "complete", "page loaded")
+        # A loaded page is not yet a clickable one: Chromium drops mouse input that reaches a
+        # freshly navigated page before its first frame is presented (a click sent right after
+        # readyState turned "complete" never fired mousedown, one sent 1.5 s later did; the same
+        # without any window-manager call). Wait for the first paint and a frame after it.
+        eventually(
+            lambda: cdp.evaluate("performance.getEntriesByType('paint').length > 0"), "first paint"
+        )
+        cdp.evaluate(
+            "window.framed = false;"
+            " requestAnimationFrame(() => requestAnimationFrame(() => { window.framed = true; }))"
+        )
+        eventually(lambda: cdp.evaluate("window.framed"), "a frame presented after load")
         # The page must cover the screen point the tests click: maximize Chromium first.
         wid = eventually(lambda: desktop.get_application_windows("chromium"), "chromium window")[0]
         desktop.maximize_window(wid)
@@ -197,3 +209,13 @@ def test_urls(runner: Any, desktop: Sandbox, page: Cdp) -> None:
 def test_batch_actions(desktop: Sandbox) -> None:
     results = desktop.actions([{"action": "move", "x": 7, "y": 9}, {"action": "cursor_position"}])
     assert results[1] == {"type": "position", "x": 7, "y": 9}
+
+
+def test_openai_item_stays_exact_and_refusals_are_reported(desktop: Sandbox) -> None:
+    item = desktop.computer.openai({"type": "click", "x": 99999, "y": 5}, call_id="off")
+    assert item["type"] == "computer_call_output" and item["call_id"] == "off"
+    assert set(item) <= {"type", "call_id", "output", "acknowledged_safety_checks"}, item
+    assert item["output"]["image_url"].startswith("data:image/png;base64,")
+    assert desktop.computer.last_openai_error, "an off-screen click must be refused with a reason"
+    desktop.computer.openai({"type": "move", "x": 10, "y": 10}, call_id="ok")
+    assert desktop.computer.last_openai_error is None

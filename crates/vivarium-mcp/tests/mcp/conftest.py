@@ -117,6 +117,14 @@ def runner():
                 proc.kill()
                 proc.wait()
             log.close()
+            # A stopped runner keeps its instance's nftables table and cgroup parents (a restart
+            # adopts them); this instance is gone for good, so remove them.
+            subprocess.run(["nft", "delete", "table", "ip", instance], capture_output=True)
+            for parent in Path("/sys/fs/cgroup").glob(f"*/{instance}"):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    pass
             if os.environ.get("VIVARIUM_KEEP_TEST_DIRS"):
                 print(f"runner data dir kept: {data_dir}")
             else:

@@ -196,6 +196,17 @@ impl Drop for Runner {
         })
         .join();
         self.kill9();
+        // A stopped runner keeps its instance's nftables table and cgroup parents on purpose (its
+        // sandboxes outlive it); a test runner's instance is gone for good, so remove them too.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.instance.replace('-', "_")])
+            .output();
+        for ctrl in [
+            "memory", "cpu", "cpuacct", "pids", "freezer", "devices", "unified", "",
+        ] {
+            let _ =
+                std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(&self.instance));
+        }
     }
 }
 

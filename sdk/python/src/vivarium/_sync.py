@@ -233,6 +233,9 @@ class Computer:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._s = sandbox
+        #: Why the runner refused the last :meth:`openai` action (the item it answered is exactly
+        #: what OpenAI accepts, so the reason travels in the ``X-Vivarium-Error`` header), or None.
+        self.last_openai_error: str | None = None
 
     def anthropic(
         self,
@@ -255,11 +258,17 @@ class Computer:
         display_width: int | None = None,
         display_height: int | None = None,
     ) -> dict[str, Any]:
-        """Runs one ``computer_call`` action; returns the ``computer_call_output`` item."""
+        """Runs one ``computer_call`` action; returns the ``computer_call_output`` item.
+
+        A refused action (off-screen, unknown key…) still answers an item with the current
+        screen; the reason is then in :attr:`last_openai_error`.
+        """
         req = _core.computer_openai_req(
             self._s.sandbox_id, action, call_id, display_width, display_height
         )
-        result: dict[str, Any] = self._s._t.json(req)
+        resp = self._s._t.send(req)
+        self.last_openai_error = resp.headers.get("x-vivarium-error")
+        result: dict[str, Any] = _core._json(resp)
         return result
 
     def anthropic_tool(

@@ -4,7 +4,7 @@
  */
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, closeSync } from "node:fs";
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, rmdirSync, closeSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join, resolve, basename } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -163,6 +163,20 @@ export class Runner {
     }
     const mounts = readFileSync("/proc/mounts", "utf8");
     if (!mounts.includes(this.dataDir)) rmSync(this.dataDir, { recursive: true, force: true });
+    // A stopped runner keeps its nftables table and cgroup parents (its sandboxes outlive it);
+    // this instance is gone for good, so remove them as well.
+    try {
+      execFileSync("nft", ["delete", "table", "ip", this.instance], { stdio: "ignore" });
+    } catch {
+      // no table: nothing to remove
+    }
+    for (const ctrl of ["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "unified", ""]) {
+      try {
+        rmdirSync(join("/sys/fs/cgroup", ctrl, this.instance)); // cgroup dirs go with rmdir only
+      } catch {
+        // not there, or not empty: leave it
+      }
+    }
   }
 }
 

@@ -462,6 +462,22 @@ impl Runner {
             let sandbox_up = started.elapsed();
             let agent = AgentClient::new(&sandbox.agent_socket);
             wait_ready(&agent).await?;
+            if desktop.is_some() {
+                // A desktop sandbox is handed out usable: the agent answers desktop actions only
+                // once Xvfb, the window manager and Chromium are up and Chromium has painted, so
+                // screenshots and `cdp_url` work the moment create returns.
+                agent
+                    .desktop(vivarium_api::desktop::DesktopAction::ScreenSize)
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "desktop_failed",
+                            format!("the desktop session did not start in this image: {e}"),
+                        )
+                        .with_field("image")
+                    })?;
+            }
             tracing::info!(
                 sandbox = %id,
                 image_ms = image_ready.as_millis() as u64,

@@ -13,10 +13,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vivarium_api::{CreateRunRequest, ExecRequest, Run};
+use vivarium_api::{CreateRunRequest, Run};
 
 /// The live-view colour: a full-screen page of it in the sandbox must dominate the host's capture.
 const GREEN: [u8; 3] = [0x00, 0xff, 0x7f];
@@ -148,40 +147,12 @@ fn with_token(url: &str, token: &str, other: &str) -> String {
 
 /// Serves `INDEX` and `SOLID` from /srv on 127.0.0.1:8000 inside the sandbox.
 async fn serve_pages(r: &common::Runner, id: &str) {
-    let c = &r.client;
-    for (path, body) in [("/srv/index.html", INDEX), ("/srv/solid.html", SOLID)] {
-        c.write_file(id, path, body.as_bytes().to_vec(), None)
-            .await
-            .expect("write page");
-    }
-    c.spawn(
+    common::serve_srv(
+        &r.client,
         id,
-        &ExecRequest {
-            argv: Some(
-                [
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    "127.0.0.1",
-                    "8000",
-                    "-d",
-                    "/srv",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            ..Default::default()
-        },
+        &[("/srv/index.html", INDEX), ("/srv/solid.html", SOLID)],
     )
-    .await
-    .expect("start http.server");
-    let probe = "python3 -c \"import urllib.request;urllib.request.urlopen('http://127.0.0.1:8000/index.html')\"";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.sh(id, probe).await.expect("probe").exit_code != Some(0) {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use futures::{SinkExt, StreamExt};
+use common::cdp::Cdp;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 use vivarium_api::desktop::{ActionResult, DesktopAction};
-use vivarium_api::{CreateRunRequest, ExecRequest};
+use vivarium_api::CreateRunRequest;
 
 const SCREEN: (u32, u32) = (1280, 800);
 const MODEL: (u32, u32) = (1024, 640);
@@ -162,135 +161,26 @@ fn openai_image(v: &Value, call_id: &str, what: &str) -> (u32, u32) {
     )
 }
 
-/// A CDP session to the page, through the runner's port proxy.
-struct Cdp {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-}
-
-impl Cdp {
-    async fn connect(r: &common::Runner, id: &str, url_part: &str) -> Cdp {
-        let http = reqwest::Client::new();
-        let list_url = format!("{}/sb/{id}/p/9222/json/list", r.url());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ws_url = loop {
-            if let Ok(resp) = http.get(&list_url).bearer_auth(common::KEY).send().await {
-                if resp.status().is_success() {
-                    let list: Vec<Value> = resp.json().await.expect("json/list");
-                    let page = list.iter().find(|t| {
-                        t["type"] == "page" && t["url"].as_str().unwrap_or("").contains(url_part)
-                    });
-                    if let Some(ws) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str()) {
-                        break ws.to_string();
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no CDP page {url_part:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                ws_url.as_str(),
-            )
-            .expect("ws request");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", common::KEY).parse().expect("header"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("CDP WebSocket");
-        Cdp { ws, next_id: 1 }
-    }
-
-    async fn eval(&mut self, expr: &str) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let msg = json!({"id": id, "method": "Runtime.evaluate",
-            "params": {"expression": expr, "returnByValue": true}});
-        self.ws
-            .send(Message::Text(msg.to_string().into()))
-            .await
-            .expect("CDP send");
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
-                .await
-                .expect("CDP answer in time")
-                .expect("CDP open")
-                .expect("CDP frame");
-            if let Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).expect("CDP JSON");
-                if v["id"] == id {
-                    return v["result"]["result"]["value"].clone();
-                }
-            }
-        }
-    }
-
-    async fn wait_eval(&mut self, expr: &str, want: &Value) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v = self.eval(expr).await;
-            if &v == want || Instant::now() > deadline {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The centre of `#q` in MODEL coordinates.
-    async fn input_centre_model(&mut self) -> (i64, i64) {
-        let v = self
-            .eval(
-                "(() => { const r = document.getElementById('q').getBoundingClientRect();
-                   return [window.screenX + (window.outerWidth - window.innerWidth) / 2 + r.left + r.width / 2,
-                           window.screenY + (window.outerHeight - window.innerHeight) + r.top + r.height / 2]; })()",
-            )
-            .await;
-        let sx = v[0].as_f64().expect("x");
-        let sy = v[1].as_f64().expect("y");
-        (
-            (sx * f64::from(MODEL.0) / f64::from(SCREEN.0)).round() as i64,
-            (sy * f64::from(MODEL.1) / f64::from(SCREEN.1)).round() as i64,
+/// The centre of `#q` in MODEL coordinates.
+async fn input_centre_model(cdp: &mut Cdp) -> (i64, i64) {
+    let v = cdp
+        .eval(
+            "(() => { const r = document.getElementById('q').getBoundingClientRect();
+               return [window.screenX + (window.outerWidth - window.innerWidth) / 2 + r.left + r.width / 2,
+                       window.screenY + (window.outerHeight - window.innerHeight) + r.top + r.height / 2]; })()",
         )
-    }
+        .await;
+    let sx = v[0].as_f64().expect("x");
+    let sy = v[1].as_f64().expect("y");
+    (
+        (sx * f64::from(MODEL.0) / f64::from(SCREEN.0)).round() as i64,
+        (sy * f64::from(MODEL.1) / f64::from(SCREEN.1)).round() as i64,
+    )
 }
 
 async fn open_page(r: &common::Runner, id: &str) -> Cdp {
     let c = &r.client;
-    c.write_file(id, "/srv/page.html", PAGE.as_bytes().to_vec(), None)
-        .await
-        .expect("write page");
-    c.spawn(
-        id,
-        &ExecRequest {
-            argv: Some(
-                [
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    "127.0.0.1",
-                    "8000",
-                    "-d",
-                    "/srv",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("start http.server");
-    let probe = "python3 -c \"import urllib.request;urllib.request.urlopen('http://127.0.0.1:8000/page.html')\"";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.sh(id, probe).await.expect("probe").exit_code != Some(0) {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::serve_srv(c, id, &[("/srv/page.html", PAGE)]).await;
     c.desktop_action(
         id,
         &DesktopAction::Open {
@@ -312,7 +202,7 @@ async fn open_page(r: &common::Runner, id: &str) -> Cdp {
 async fn focus_input(api: &Api, cdp: &mut Cdp, openai: bool) {
     // The fixtures scrolled the page; bring the input back into view.
     cdp.eval("window.scrollTo(0, 0)").await;
-    let (x, y) = cdp.input_centre_model().await;
+    let (x, y) = input_centre_model(cdp).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if openai {

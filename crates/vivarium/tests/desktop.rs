@@ -7,11 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use common::cdp::Cdp;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 use vivarium_api::desktop::{ActionResult, DesktopAction, ImageFormat, MouseButton};
-use vivarium_api::{CreateRunRequest, ExecRequest};
+use vivarium_api::CreateRunRequest;
 use vivarium_client::Client;
 
 const TEXT: &str = "héllo wörld 你好";
@@ -76,138 +75,10 @@ async fn save_screenshot(c: &Client, id: &str, name: &str) -> Vec<u8> {
 }
 
 /// A CDP session to one page target, through `/sb/{id}/p/9222`.
-struct Cdp {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-}
-
-impl Cdp {
-    /// Waits for a page whose URL contains `url_part` and connects to it.
-    async fn connect(r: &common::Runner, id: &str, url_part: &str) -> Cdp {
-        let http = reqwest::Client::new();
-        let list_url = format!("{}/sb/{id}/p/9222/json/list", r.url());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ws_url = loop {
-            let resp = http.get(&list_url).bearer_auth(common::KEY).send().await;
-            if let Ok(resp) = resp {
-                if resp.status().is_success() {
-                    let list: Vec<Value> = resp.json().await.expect("json/list is JSON");
-                    let page = list.iter().find(|t| {
-                        t["type"] == "page" && t["url"].as_str().unwrap_or("").contains(url_part)
-                    });
-                    if let Some(ws) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str()) {
-                        break ws.to_string();
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no CDP page with {url_part:?} appeared"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(
-            ws_url.contains(&format!("/sb/{id}/p/9222/")),
-            "webSocketDebuggerUrl is not rewritten through the proxy: {ws_url}"
-        );
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                ws_url.as_str(),
-            )
-            .expect("ws request");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", common::KEY).parse().expect("header"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("CDP WebSocket through the proxy");
-        Cdp { ws, next_id: 1 }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws
-            .send(Message::Text(msg.into()))
-            .await
-            .expect("CDP send");
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
-                .await
-                .expect("CDP answer in time")
-                .expect("CDP connection open")
-                .expect("CDP frame");
-            if let Message::Text(t) = m {
-                let v: Value = serde_json::from_str(&t).expect("CDP JSON");
-                if v["id"] == id {
-                    assert!(v.get("error").is_none(), "{method} failed: {v}");
-                    return v["result"].clone();
-                }
-            }
-        }
-    }
-
-    async fn eval(&mut self, expr: &str) -> Value {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expr, "returnByValue": true}),
-            )
-            .await;
-        r["result"]["value"].clone()
-    }
-
-    async fn wait_eval(&mut self, expr: &str, want: &Value) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v = self.eval(expr).await;
-            if &v == want || Instant::now() > deadline {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Serves [`FORM`] on 127.0.0.1:8000 inside the sandbox and opens it in the desktop's Chromium.
 async fn open_form(r: &common::Runner, id: &str) -> Cdp {
     let c = &r.client;
-    c.write_file(id, "/srv/form.html", FORM.as_bytes().to_vec(), None)
-        .await
-        .expect("write form");
-    c.spawn(
-        id,
-        &ExecRequest {
-            argv: Some(
-                [
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    "127.0.0.1",
-                    "8000",
-                    "-d",
-                    "/srv",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("start http.server");
-    // Wait until the server answers inside the sandbox.
-    let probe = "python3 -c \"import urllib.request;urllib.request.urlopen('http://127.0.0.1:8000/form.html')\"";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.sh(id, probe).await.expect("probe").exit_code != Some(0) {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::serve_srv(c, id, &[("/srv/form.html", FORM)]).await;
     let r1 = c
         .desktop_action(
             id,

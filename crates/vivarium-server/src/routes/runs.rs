@@ -16,9 +16,10 @@ use crate::extract::ApiJson;
     tag = "runs",
     request_body = CreateRunRequest,
     responses(
-        (status = 201, description = "The sandbox, running", body = Run),
+        (status = 201, description = "The sandbox, running; a desktop sandbox's desktop is ready (screenshots and `cdp_url` work)", body = Run),
         (status = 400, description = "A field is invalid (`error.field` names it)", body = ErrorBody),
         (status = 404, description = "The image is not stored here (`image_not_found`)", body = ErrorBody),
+        (status = 422, description = "The image cannot run a desktop session (`desktop_failed`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use vivarium_client::Client;
 
+pub mod cdp;
+
 pub const KEY: &str = "test-key-0123456789";
 
 /// The static guest agent. `scripts/test.sh` builds it and exports `VIVARIUM_AGENT`.
@@ -279,5 +281,41 @@ impl Runner {
             .await
             .expect("import desktop layout");
         tag
+    }
+}
+
+/// Writes `files` (absolute paths under /srv → contents) into the sandbox, serves /srv there with
+/// `python3 -m http.server` on 127.0.0.1:8000 (a background process) and waits until it answers.
+pub async fn serve_srv(c: &Client, id: &str, files: &[(&str, &str)]) {
+    for (path, body) in files {
+        c.write_file(id, path, body.as_bytes().to_vec(), None)
+            .await
+            .expect("write page");
+    }
+    let argv = [
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "8000",
+        "-d",
+        "/srv",
+    ];
+    c.spawn(
+        id,
+        &vivarium_api::ExecRequest {
+            argv: Some(argv.map(String::from).to_vec()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("start http.server");
+    let probe =
+        "python3 -c \"import urllib.request;urllib.request.urlopen('http://127.0.0.1:8000/')\"";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.sh(id, probe).await.expect("probe").exit_code != Some(0) {
+        assert!(Instant::now() < deadline, "http.server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

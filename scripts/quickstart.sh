@@ -33,10 +33,16 @@ export VIVARIUM_API_KEY
 
 vivarium images import "$layout" "$tag" >/dev/null
 id=$(vivarium run "$tag" --timeout 3600)
-echo "quickstart: sandbox $id is running; in it:" >&2
+echo "quickstart: desktop sandbox $id is running; in it:" >&2
 vivarium exec "$id" -- sh -c 'echo "  $(uname -sr), $(. /etc/os-release; echo $PRETTY_NAME), hostname $(hostname)"'
+url_of() { vivarium inspect "$id" | sed -n "s/^ *\"$1\": \"\(.*\)\",\{0,1\}$/\1/p"; }
 
 cat <<MSG
+
+Watch it live (open in a browser on this machine):
+  $(url_of vnc_url)
+Drive its Chromium with Playwright:  chromium.connect_over_cdp("$(url_of cdp_url)")
+Screenshot:  curl -H "Authorization: Bearer \$VIVARIUM_API_KEY" "$VIVARIUM_URL/v1/runs/$id/desktop/screenshot" -o screen.png
 
 The runner listens on $VIVARIUM_URL (log: $log, data: $data_dir).
   export VIVARIUM_API_KEY=\$(cat $data_dir/api-key)

@@ -458,7 +458,10 @@ impl ImageStore {
                 (bytes.to_vec(), digest, None)
             };
 
-        if let Some(rec) = self.read_state().images.get(&manifest_digest).cloned() {
+        // Bound first: in an `if let` scrutinee the read guard would live through the body, and
+        // `add_ref` takes the write lock (a deadlock when the image is already stored).
+        let stored = self.read_state().images.get(&manifest_digest).cloned();
+        if let Some(rec) = stored {
             self.add_ref(&r.to_string(), &rec.digest)?;
             progress.send(PullProgress::Done {
                 digest: rec.digest.clone(),
@@ -687,12 +690,14 @@ impl ImageStore {
         let staged = tokio::task::spawn_blocking(move || layout::stage_import(&p, &blobs))
             .await
             .map_err(|e| ImageError::Internal(format!("import task: {e}")))??;
-        if let Some(rec) = self
+        // Bound first: in an `if let` scrutinee the read guard would live through the body, and
+        // `add_ref` takes the write lock (a deadlock when the image is already stored).
+        let stored = self
             .read_state()
             .images
             .get(&staged.manifest_digest)
-            .cloned()
-        {
+            .cloned();
+        if let Some(rec) = stored {
             self.add_ref(&r.to_string(), &rec.digest)?;
             return Ok(self.info(r.to_string(), &rec));
         }

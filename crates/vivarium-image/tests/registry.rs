@@ -370,3 +370,31 @@ async fn measure_pull_and_unpack() {
         times.len()
     );
 }
+
+/// Importing an image the store already holds (a second tag, or the same import again) only adds
+/// the reference. It once deadlocked: the state's read guard lived through `add_ref`'s write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_a_stored_image_again_adds_the_reference() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = test_support::build_busybox_layout(&tmp.path().join("layout")).unwrap();
+    let store = ImageStore::open(StoreConfig::new(tmp.path().join("store"))).unwrap();
+    let first = store.import(&layout, "local/busybox:1").await.unwrap();
+    // On its own task, so a deadlock fails the test after the timeout instead of hanging it.
+    let (s, l) = (store.clone(), layout.clone());
+    let again = tokio::spawn(async move {
+        let second = s.import(&l, "local/busybox:again").await?;
+        let same = s.import(&l, "local/busybox:1").await?;
+        Ok::<_, ImageError>((second, same))
+    });
+    let (second, same) = tokio::time::timeout(Duration::from_secs(60), again)
+        .await
+        .expect("re-import finished (no deadlock)")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.digest, first.digest);
+    assert_eq!(same.digest, first.digest);
+    assert_eq!(second.rootfs, first.rootfs);
+    let refs: Vec<String> = store.list().unwrap().into_iter().map(|i| i.reference).collect();
+    assert!(refs.iter().any(|r| r.ends_with("local/busybox:again")), "{refs:?}");
+}

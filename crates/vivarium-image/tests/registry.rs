@@ -395,6 +395,14 @@ async fn importing_a_stored_image_again_adds_the_reference() {
     assert_eq!(second.digest, first.digest);
     assert_eq!(same.digest, first.digest);
     assert_eq!(second.rootfs, first.rootfs);
-    let refs: Vec<String> = store.list().unwrap().into_iter().map(|i| i.reference).collect();
-    assert!(refs.iter().any(|r| r.ends_with("local/busybox:again")), "{refs:?}");
+    let refs: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
+    assert!(
+        refs.iter().any(|r| r.ends_with("local/busybox:again")),
+        "{refs:?}"
+    );
 }

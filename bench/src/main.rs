@@ -77,8 +77,22 @@ impl Drop for Runner {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The benchmark's instance is gone for good: remove its nftables table and cgroup parents
+        // (a stopped runner keeps them on purpose, for the sandboxes that outlive it).
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", BENCH_INSTANCE])
+            .output();
+        for ctrl in [
+            "memory", "cpu", "cpuacct", "pids", "freezer", "devices", "unified", "",
+        ] {
+            let _ =
+                std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(BENCH_INSTANCE));
+        }
     }
 }
+
+/// The benchmark runner's instance name (cgroup parent, nftables table, netns prefix).
+const BENCH_INSTANCE: &str = "vvbench";
 
 pub(crate) async fn start_runner(args: &Args) -> Result<Runner> {
     let dir = tempfile::Builder::new()
@@ -94,7 +108,7 @@ pub(crate) async fn start_runner(args: &Args) -> Result<Runner> {
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--instance",
-            "vvbench",
+            BENCH_INSTANCE,
             "--subnet",
             "10.90.0.0/24",
         ])

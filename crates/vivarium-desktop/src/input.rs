@@ -265,6 +265,24 @@ impl Desktop {
         count: u32,
         modifiers: &[Modifier],
     ) -> Result<()> {
+        self.at_holding(at, modifiers, || {
+            for i in 0..count.clamp(1, 10) {
+                let gap = if i == 0 { 0 } else { REPEAT_CLICK_GAP_MS };
+                self.fake_after(gap, BUTTON_PRESS, button.x_button(), 0, 0)?;
+                self.fake(BUTTON_RELEASE, button.x_button(), 0, 0)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Checks `at`, moves the pointer there, runs `body` with `modifiers` held (pressed in order,
+    /// released in reverse) and syncs: the frame every modified pointer action shares.
+    fn at_holding(
+        &self,
+        at: Option<Point>,
+        modifiers: &[Modifier],
+        body: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         if let Some(p) = at {
             self.check_point(p.x, p.y)?;
         }
@@ -275,11 +293,7 @@ impl Desktop {
         for &kc in &mods {
             self.fake(KEY_PRESS, kc, 0, 0)?;
         }
-        for i in 0..count.clamp(1, 10) {
-            let gap = if i == 0 { 0 } else { REPEAT_CLICK_GAP_MS };
-            self.fake_after(gap, BUTTON_PRESS, button.x_button(), 0, 0)?;
-            self.fake(BUTTON_RELEASE, button.x_button(), 0, 0)?;
-        }
+        body()?;
         for &kc in mods.iter().rev() {
             self.fake(KEY_RELEASE, kc, 0, 0)?;
         }
@@ -313,26 +327,19 @@ impl Desktop {
             height: 0,
             reason: "a drag path needs at least one point",
         })?;
-        for p in path {
+        for p in rest {
             self.check_point(p.x, p.y)?;
         }
-        let mods = self.modifier_keycodes(modifiers)?;
-        self.fake_motion(first.x, first.y)?;
-        for &kc in &mods {
-            self.fake(KEY_PRESS, kc, 0, 0)?;
-        }
-        self.fake(BUTTON_PRESS, button.x_button(), 0, 0)?;
-        // A round trip per point so applications see each motion as its own event.
-        self.sync()?;
-        for p in rest {
-            self.fake_motion(p.x, p.y)?;
+        self.at_holding(Some(*first), modifiers, || {
+            self.fake(BUTTON_PRESS, button.x_button(), 0, 0)?;
+            // A round trip per point so applications see each motion as its own event.
             self.sync()?;
-        }
-        self.fake(BUTTON_RELEASE, button.x_button(), 0, 0)?;
-        for &kc in mods.iter().rev() {
-            self.fake(KEY_RELEASE, kc, 0, 0)?;
-        }
-        self.sync()
+            for p in rest {
+                self.fake_motion(p.x, p.y)?;
+                self.sync()?;
+            }
+            self.fake(BUTTON_RELEASE, button.x_button(), 0, 0)
+        })
     }
 
     /// Scroll `amount` notches in `direction` at (x, y) (or at the pointer).
@@ -343,24 +350,13 @@ impl Desktop {
         amount: u32,
         modifiers: &[Modifier],
     ) -> Result<()> {
-        if let Some(p) = at {
-            self.check_point(p.x, p.y)?;
-        }
-        let mods = self.modifier_keycodes(modifiers)?;
-        if let Some(p) = at {
-            self.fake_motion(p.x, p.y)?;
-        }
-        for &kc in &mods {
-            self.fake(KEY_PRESS, kc, 0, 0)?;
-        }
-        for _ in 0..amount.min(200) {
-            self.fake(BUTTON_PRESS, direction.x_button(), 0, 0)?;
-            self.fake(BUTTON_RELEASE, direction.x_button(), 0, 0)?;
-        }
-        for &kc in mods.iter().rev() {
-            self.fake(KEY_RELEASE, kc, 0, 0)?;
-        }
-        self.sync()
+        self.at_holding(at, modifiers, || {
+            for _ in 0..amount.min(200) {
+                self.fake(BUTTON_PRESS, direction.x_button(), 0, 0)?;
+                self.fake(BUTTON_RELEASE, direction.x_button(), 0, 0)?;
+            }
+            Ok(())
+        })
     }
 
     /// Where the pointer is.

@@ -829,6 +829,16 @@ impl Session<'_> {
         }
     }
 
+    /// The screen size as the API needs it: any failure here is the runner's or the sandbox's,
+    /// never the model's.
+    async fn screen(&self) -> ApiResult<(u32, u32)> {
+        match self.screen_size().await {
+            Ok(s) => Ok(s),
+            Err(Failure::Api(e)) => Err(e),
+            Err(Failure::Tool(m)) => Err(ApiError::internal(m)),
+        }
+    }
+
     async fn screenshot(
         &self,
         region: Option<Region>,
@@ -1015,11 +1025,7 @@ pub async fn anthropic(
 ) -> ApiResult<Json<AnthropicResult>> {
     let settle = settle(req.screenshot_delay_ms)?;
     let session = Session::open(&s.runner, &id).await?;
-    let screen = match session.screen_size().await {
-        Ok(s) => s,
-        Err(Failure::Api(e)) => return Err(e),
-        Err(Failure::Tool(m)) => return Err(ApiError::internal(m)),
-    };
+    let screen = session.screen().await?;
     let model = model_display(
         req.display_width_px,
         req.display_height_px,
@@ -1078,12 +1084,7 @@ fn num(field: &str, v: &Option<String>) -> ApiResult<Option<u32>> {
 }
 
 async fn screen_of(runner: &Runner, id: &str) -> ApiResult<(u32, u32)> {
-    let session = Session::open(runner, id).await?;
-    match session.screen_size().await {
-        Ok(s) => Ok(s),
-        Err(Failure::Api(e)) => Err(e),
-        Err(Failure::Tool(m)) => Err(ApiError::internal(m)),
-    }
+    Session::open(runner, id).await?.screen().await
 }
 
 /// The Anthropic tool definition for a display of `width`x`height`.
@@ -1219,11 +1220,7 @@ pub async fn openai(
 ) -> ApiResult<axum::response::Response> {
     let settle = settle(req.screenshot_delay_ms)?;
     let session = Session::open(&s.runner, &id).await?;
-    let screen = match session.screen_size().await {
-        Ok(s) => s,
-        Err(Failure::Api(e)) => return Err(e),
-        Err(Failure::Tool(m)) => return Err(ApiError::internal(m)),
-    };
+    let screen = session.screen().await?;
     let model = model_display(
         req.display_width,
         req.display_height,

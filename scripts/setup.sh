@@ -4,8 +4,9 @@
 #   scripts/setup.sh            packages + release build of `vivarium` and the static guest agent
 #   scripts/setup.sh --deps     packages only
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
+as_root "$0" "$@"
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (sudo $0)" >&2; exit 1; }
 
 mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' scripts/apt-packages.txt | awk '{print $1}')
 missing=()

@@ -3,8 +3,10 @@
 # checks formatting and lints, then runs every suite against real sandboxes, a real registry on
 # loopback and real desktops: Rust (unit + end-to-end), Python SDK (pytest), TypeScript SDK (node
 # --test). Every suite runs even when an earlier one fails; the exit status says whether all passed.
-# Run as root on Debian 12.
+# Run it as root or as a sudoer (it re-runs itself with sudo) on Debian 12.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
+as_root "$0" "$@"
 cd "$(dirname "$0")/.."
 scripts/setup.sh --deps
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -27,6 +29,10 @@ npm ci --no-audit --no-fund --prefix sdk/typescript >/dev/null
 export VIVARIUM_DESKTOP_LAYOUT="$(images/desktop/build.sh | tail -n 1)"
 cargo build --quiet -p vivarium
 export VIVARIUM_BIN="$PWD/target/debug/vivarium"
+# The developer's build, as the README describes it: sdk/python/tests/test_standalone.py starts
+# this runner with nothing but a data dir and a port.
+cargo build --quiet --release
+export VIVARIUM_RELEASE_BIN="$PWD/target/release/vivarium"
 
 status=0
 cargo test --workspace --no-fail-fast 2>&1 || status=1

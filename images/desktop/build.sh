@@ -23,7 +23,7 @@ mapfile -t packages < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "$her
 pkg_csv="$(IFS=,; echo "${packages[*]}")"
 
 # Hash of the inputs: this script, the package list and the snapshot-independent parameters.
-inputs_hash="$({ cat "$here/build.sh" "$here/packages.txt" "$here/chromium-policy.json"; echo "$suite $mirror $arch $SOURCE_DATE_EPOCH"; } | sha256sum | cut -c1-16)"
+inputs_hash="$({ cat "$here/build.sh" "$here/packages.txt" "$here/chromium-policy.json" "$here/xterm-resources"; echo "$suite $mirror $arch $SOURCE_DATE_EPOCH"; } | sha256sum | cut -c1-16)"
 cache_root="${VIVARIUM_CACHE:-/var/cache/vivarium}"
 out="${1:-$cache_root/desktop-$inputs_hash}"
 
@@ -52,6 +52,7 @@ mmdebstrap --variant=apt --mode=root --arch="$arch" \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/*.log' \
     --customize-hook='echo vivarium-desktop > "$1/etc/hostname"' \
     --customize-hook="mkdir -p \"\$1/etc/chromium/policies/managed\" && cp '$here/chromium-policy.json' \"\$1/etc/chromium/policies/managed/vivarium.json\"" \
+    --customize-hook="cat '$here/xterm-resources' >> \"\$1/etc/X11/app-defaults/XTerm\"" \
     "$suite" "$work/rootfs.tar" "$mirror" >&2
 
 mkdir -p "$work/oci/blobs/sha256"

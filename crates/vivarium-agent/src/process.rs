@@ -65,7 +65,7 @@ impl Spawner {
             .argv
             .first()
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| AgentError::invalid("argv must name a program"))?;
+            .ok_or_else(|| AgentError::invalid("argv must name a program").with_field("argv"))?;
         let mut cmd = Command::new(program);
         cmd.args(&spec.argv[1..]);
 
@@ -73,7 +73,12 @@ impl Spawner {
             .user
             .as_deref()
             .filter(|u| !u.trim().is_empty())
-            .map(|u| users::resolve(u, &self.etc_dir))
+            .map(|u| {
+                users::resolve(u, &self.etc_dir).map_err(|e| match e.field {
+                    Some(_) => e,
+                    None => e.with_field("user"),
+                })
+            })
             .transpose()?;
 
         if std::env::var_os("PATH").is_none() && !spec.env.contains_key("PATH") {
@@ -89,11 +94,12 @@ impl Spawner {
 
         let cwd = match &spec.cwd {
             Some(cwd) => {
-                check_abs(cwd, "cwd")?;
+                check_abs(cwd, "cwd").map_err(|e| e.with_field("cwd"))?;
                 if !Path::new(cwd).is_dir() {
                     return Err(AgentError::not_found(format!(
                         "working directory {cwd} does not exist or is not a directory"
-                    )));
+                    ))
+                    .with_field("cwd"));
                 }
                 cwd.clone()
             }
@@ -105,6 +111,9 @@ impl Spawner {
         };
         cmd.current_dir(&cwd);
         cmd.process_group(0);
+        // Before any setuid below: once the child is no longer root it may not write its own
+        // /proc/self files (it is not dumpable until it execs).
+        crate::oom::reset_in_child(&mut cmd);
 
         if let Some(u) = user {
             let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
@@ -141,15 +150,10 @@ impl Spawner {
             }
         }
 
-        let (mut child, exit) = self.reaper.spawn(&mut cmd).map_err(|e| {
-            let code = ErrorCode::from_io(&e);
-            let what = match code {
-                ErrorCode::NotFound => "executable not found",
-                ErrorCode::PermissionDenied => "permission denied executing",
-                _ => "cannot execute",
-            };
-            AgentError::new(code, format!("{what}: {program} ({e})"))
-        })?;
+        let (mut child, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| spawn_error(program, &e))?;
         let pid = child.id();
         let wrap = |e| AgentError::io(e, "setting up child pipes");
         Ok(Spawned {
@@ -175,6 +179,40 @@ impl Spawner {
                 .map_err(wrap)?,
             exit,
         })
+    }
+}
+
+/// A failed spawn as a protocol error that names the cause. The errors of the child's own steps
+/// before exec (setgroups/setgid/setuid) come back the same way as exec's.
+fn spawn_error(program: &str, e: &std::io::Error) -> AgentError {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => AgentError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "cannot start {program}: the sandbox's process limit is reached (fork: {e});                  retry after some of its processes end"
+            ),
+        ),
+        Some(libc::ENOMEM) => AgentError::new(
+            ErrorCode::ResourceExhausted,
+            format!("cannot start {program}: the sandbox is out of memory ({e})"),
+        ),
+        Some(libc::ENOENT) => {
+            AgentError::not_found(format!("executable not found: {program} ({e})"))
+                .with_field("argv")
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) => AgentError::new(
+            ErrorCode::PermissionDenied,
+            format!("permission denied starting {program} ({e})"),
+        )
+        .with_field("argv"),
+        Some(libc::ENOEXEC) | Some(libc::ENOTDIR) | Some(libc::EISDIR) | Some(libc::ELOOP)
+        | Some(libc::ENAMETOOLONG) | Some(libc::E2BIG) => {
+            AgentError::invalid(format!("cannot execute {program}: {e}")).with_field("argv")
+        }
+        _ => AgentError::new(
+            ErrorCode::from_io(e),
+            format!("cannot execute {program}: {e}"),
+        ),
     }
 }
 

@@ -5,6 +5,16 @@
 //! those: every child is started through [`Reaper::spawn`], and a single SIGCHLD-driven loop reaps
 //! all children and hands each status to the waiter registered for that pid. Statuses of pids
 //! nobody registered (orphans) are logged and dropped.
+//!
+//! One waiter remains that we do not control: std's `Command::spawn` itself. When the child's
+//! `exec` (or a `pre_exec` step such as `setuid`) fails, std reads the error from its CLOEXEC pipe
+//! and then `waitpid`s *that* child, and panics if the child is already gone. So the reaper and
+//! `spawn` take the same lock: a spawn holds it from before the fork until the child has exec'd
+//! (or failed and been waited for by std) and its waiter is registered; the reaper holds it around
+//! every `waitpid(-1)`. No `waitpid(-1)` can run while a spawn is in flight.
+//!
+//! Every child also gets its OOM score reset (see [`crate::oom`]): the agent protects itself from
+//! the OOM killer, its children must not inherit that.
 
 use std::collections::HashMap;
 use std::io;
@@ -50,11 +60,13 @@ impl Reaper {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Spawns `cmd` and registers a waiter for it. The lock is held across the fork so the
-    /// reaper cannot dispatch the child's status before the waiter exists.
+    /// Spawns `cmd` and registers a waiter for it. The lock is held across the fork, std's wait
+    /// for a child whose exec failed, and the registration, so the reaper can neither steal that
+    /// wait nor dispatch the child's status before the waiter exists.
     ///
     /// The returned [`Child`] must never be waited on; use the receiver.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, ExitReceiver)> {
+        crate::oom::reset_in_child(cmd);
         let mut waiters = self.lock();
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();
@@ -67,11 +79,15 @@ impl Reaper {
         self.lock().keys().copied().collect()
     }
 
-    /// Reaps every child that has ended.
+    /// Reaps every child that has ended. Holds the spawn lock around each `waitpid(-1)` (see the
+    /// module docs); the lock is released between children so a spawn never waits for a long
+    /// reaping burst.
     fn reap_all(&self) {
         loop {
+            let mut waiters = self.lock();
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.dispatch(
+                Ok(WaitStatus::Exited(pid, code)) => dispatch(
+                    &mut waiters,
                     pid,
                     ExitStatus {
                         exit_code: Some(code),
@@ -79,7 +95,8 @@ impl Reaper {
                         timed_out: false,
                     },
                 ),
-                Ok(WaitStatus::Signaled(pid, sig, _core)) => self.dispatch(
+                Ok(WaitStatus::Signaled(pid, sig, _core)) => dispatch(
+                    &mut waiters,
                     pid,
                     ExitStatus {
                         exit_code: None,
@@ -99,15 +116,15 @@ impl Reaper {
         }
     }
 
-    fn dispatch(&self, pid: Pid, status: ExitStatus) {
-        let waiter = self.lock().remove(&pid.as_raw());
-        match waiter {
-            // The waiter may have given up (connection dropped); nothing to do then.
-            Some(tx) => {
-                let _ = tx.send(status);
-            }
-            None => tracing::debug!(pid = pid.as_raw(), ?status, "reaped orphan"),
+}
+
+fn dispatch(waiters: &mut HashMap<i32, oneshot::Sender<ExitStatus>>, pid: Pid, status: ExitStatus) {
+    match waiters.remove(&pid.as_raw()) {
+        // The waiter may have given up; nothing to do then.
+        Some(tx) => {
+            let _ = tx.send(status);
         }
+        None => tracing::debug!(pid = pid.as_raw(), ?status, "reaped orphan"),
     }
 }
 
@@ -127,5 +144,30 @@ mod tests {
         assert_eq!(rx1.await.expect("status").exit_code, Some(3));
         assert_eq!(rx2.await.expect("status").signal, Some(libc::SIGTERM));
         assert!(reaper.live_children().is_empty());
+    }
+
+    /// A spawn whose exec fails, while other children exit and get reaped all the time, is an
+    /// error, never std's "wait() should either return Ok or panic".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_spawns_do_not_race_the_reaper() {
+        let reaper = Reaper::start().expect("reaper");
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let r = Arc::clone(&reaper);
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let (_c, rx) = r.spawn(&mut Command::new("true")).expect("spawn true");
+                    assert_eq!(rx.await.expect("status").exit_code, Some(0));
+                } else {
+                    // pre_exec forces std's fork path, which waits for the failed child itself.
+                    let mut cmd = Command::new("/no/such/program");
+                    let err = r.spawn(&mut cmd).expect_err("missing program");
+                    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("no panic");
+        }
     }
 }

@@ -30,11 +30,14 @@ impl Agent {
     async fn start_with(extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("run/agent.sock");
+        // The agent's log goes to a file so tests can check it (no panics) and print it.
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_vivarium-agent"))
             .arg("--listen")
             .arg(&sock)
             .args(extra)
             .env("VIVARIUM_AGENT_LOG", "warn")
+            .stderr(log)
             .spawn()
             .expect("start agent");
         let client = AgentClient::new(&sock);
@@ -50,6 +53,11 @@ impl Agent {
             }
         }
         Agent { child, dir, client }
+    }
+
+    /// What the agent logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
     fn path(&self, rel: &str) -> String {
@@ -687,4 +695,68 @@ async fn measure_exec_round_trip() {
         "exec `true` round trip: median {:?}, p90 {:?} (n=200); info round trip: median {:?}",
         samples[100], samples[180], info[100]
     );
+}
+
+/// Issue 8: under concurrent execs, spawns that fail (missing program, unknown user, bad cwd) are
+/// answered with a typed error, every other exec is answered too, and the agent keeps serving.
+/// The failing spawn used to race the `waitpid(-1)` reaper (std's spawn waits for a child whose
+/// exec failed) and panic the handler, leaving its request unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_concurrent_execs_with_failing_spawns_are_all_answered() {
+    let a = Agent::start().await;
+    const TOTAL: usize = 1000;
+    const IN_FLIGHT: usize = 100;
+    let results: Vec<(usize, Result<vivarium_proto::ExecResult, ClientError>)> =
+        futures::stream::iter(0..TOTAL)
+            .map(|i| {
+                let c = a.client.clone();
+                async move {
+                    let r = match i % 30 {
+                        0 => req(&["/no/such/program", "x"]),
+                        // A user makes std fork (pre_exec) and wait for the failed child itself.
+                        10 => {
+                            let mut r = req(&["no-such-program-either"]);
+                            r.spec.user = Some("12345".into());
+                            r
+                        }
+                        20 => {
+                            let mut r = req(&["true"]);
+                            r.spec.user = Some("no-such-user-here".into());
+                            r
+                        }
+                        _ => req(&["echo", &i.to_string()]),
+                    };
+                    (i, c.exec(r).await)
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+    assert_eq!(results.len(), TOTAL);
+    let mut failed = 0;
+    for (i, r) in results {
+        match i % 30 {
+            0 | 10 | 20 => {
+                let e = r.expect_err("spawn should fail");
+                match &e {
+                    ClientError::Agent { code, message, .. } => {
+                        assert_eq!(*code, ErrorCode::NotFound, "exec {i}: {e}");
+                        let cause = ["/no/such/program", "no-such-program-either", "no-such-user-here"];
+                        assert!(cause.iter().any(|c| message.contains(c)), "exec {i}: {e}");
+                    }
+                    other => panic!("exec {i}: expected a typed error, got {other:?}"),
+                }
+                failed += 1;
+            }
+            _ => {
+                let r = r.unwrap_or_else(|e| panic!("exec {i}: {e}"));
+                assert_eq!(r.exit_code, Some(0), "exec {i}");
+                assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), i.to_string());
+            }
+        }
+    }
+    assert_eq!(failed, TOTAL / 10);
+    a.client.info().await.expect("agent still serving");
+    let log = a.log();
+    assert!(!log.contains("panicked"), "agent panicked:\n{log}");
 }

@@ -5,6 +5,7 @@
 //! follow what agent developers already use (`image`, `vcpus`, `mem_mib`, `timeout_s`, `exit_code`…).
 
 pub mod desktop;
+pub mod limits;
 
 use std::collections::BTreeMap;
 
@@ -17,13 +18,7 @@ pub const DEFAULT_VCPUS: f64 = 2.0;
 pub const DEFAULT_MEM_MIB: u64 = 2048;
 /// Default lifetime of a sandbox in seconds when `timeout_s` is omitted.
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
-/// Longest lifetime a sandbox may be given at once (7 days).
-pub const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
-/// Smallest and largest memory limits accepted.
-pub const MIN_MEM_MIB: u64 = 32;
-pub const MAX_MEM_MIB: u64 = 1024 * 1024;
-/// Largest vCPU count accepted.
-pub const MAX_VCPUS: f64 = 256.0;
+pub use limits::{MAX_MEM_MIB, MAX_TIMEOUT_S, MAX_VCPUS, MIN_MEM_MIB};
 
 /// `POST /v1/runs`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -33,21 +28,34 @@ pub struct CreateRunRequest {
     /// OCI image reference with a pinned tag or a digest (`python:3.12-slim`, `repo@sha256:…`).
     /// Omitted: the runner's default image (the desktop, once one is configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub image: Option<String>,
+    /// CPU share, 0.01–256 (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.01, maximum = 256.0))]
     pub vcpus: Option<f64>,
+    /// Memory limit in MiB, 32–1048576 and at most the host's memory (default 2048).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 32, maximum = 1048576))]
     pub mem_mib: Option<u64>,
-    /// Cap on the sandbox's writable scratch layer.
+    /// Cap on the sandbox's writable scratch layer in MiB, 16–1048576 and at most the free space
+    /// of the runner's data directory at create time (the image is sparse; nothing is reserved).
+    /// Omitted: no cap of its own (the data directory's filesystem is the limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 16, maximum = 1048576))]
     pub disk_mib: Option<u64>,
-    /// Seconds until the runner deletes the sandbox; extend with `POST /v1/runs/{id}/timeout`.
+    /// Seconds until the runner deletes the sandbox, 1–604800 (default 300); extend with
+    /// `POST /v1/runs/{id}/timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604800))]
     pub timeout_s: Option<u64>,
-    /// Extra environment for every process in the sandbox (on top of the image's ENV).
+    /// Extra environment for every process in the sandbox (on top of the image's ENV): at most 256
+    /// variables, names 1–256 bytes without `=` or NUL, values at most 32 KiB without NUL, 256 KiB
+    /// in all.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Free-form labels; `GET /v1/runs?metadata.KEY=VALUE` filters on them.
+    /// Free-form labels (at most 64; keys 1–256 bytes, values at most 4096 bytes);
+    /// `GET /v1/runs?metadata[KEY]=VALUE` filters on them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// `nat` (default): own network namespace with NAT egress. `none`: loopback only.
@@ -60,6 +68,66 @@ pub struct CreateRunRequest {
     /// is a desktop image (label `org.vivarium.image=desktop`), off otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desktop: Option<bool>,
+    /// What happens when the sandbox dies on its own (its init exits or is killed, e.g. by the
+    /// OOM killer): `keep` (default) keeps the run as `failed`, with its `failure` and console
+    /// log (`GET /v1/runs/{id}/logs`), until it is deleted or its timeout passes; `delete` removes
+    /// it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+/// What the runner does with a sandbox that died on its own.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Keep the run (`state: "failed"`) for inspection until deleted or expired.
+    #[default]
+    Keep,
+    /// Remove the run at once.
+    Delete,
+}
+
+/// Why a sandbox died.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The kernel OOM killer killed its init (the sandbox went past `mem_mib`).
+    OomKilled,
+    /// Its init was killed by a signal (`signal`), e.g. from the host.
+    Killed,
+    /// Its init exited (`exit_code`).
+    Exited,
+    /// It stopped, and the runner cannot tell how (e.g. while the runner was not running).
+    Lost,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::OomKilled => "oom_killed",
+            FailureReason::Killed => "killed",
+            FailureReason::Exited => "exited",
+            FailureReason::Lost => "lost",
+        }
+    }
+}
+
+/// How and when a `failed` sandbox died.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub message: String,
+    /// When the runner noticed.
+    pub at: DateTime<Utc>,
+    /// The signal that killed the sandbox's init, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The exit status of the sandbox's init, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// Default desktop resolution.
@@ -85,6 +153,8 @@ pub enum RunState {
     Creating,
     Running,
     Deleting,
+    /// The sandbox died on its own; `failure` says why. Only its record and console log are left.
+    Failed,
 }
 
 /// A sandbox as the API shows it.
@@ -123,6 +193,12 @@ pub struct Run {
     /// The noVNC live view through the port proxy, connected and scaled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnc_url: Option<String>,
+    /// `state: "failed"`: why and when the sandbox died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// What happens when the sandbox dies on its own.
+    #[serde(default)]
+    pub on_failure: OnFailure,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -190,7 +266,8 @@ pub struct ExecResponse {
     pub stderr: String,
     #[serde(default)]
     pub timed_out: bool,
-    /// The kernel OOM killer ended the process (the sandbox went past `mem_mib`).
+    /// The kernel OOM killer killed a process in the sandbox while this command ran (the
+    /// command itself or any of its children; the sandbox went past `mem_mib`).
     #[serde(default)]
     pub oom_killed: bool,
     #[serde(default)]
@@ -372,6 +449,48 @@ pub struct ImageList {
     pub images: Vec<Image>,
 }
 
+/// `GET /v1/images/default`: the image a create that names none gets, and how far its
+/// preparation is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DefaultImageStatus {
+    /// The reference creates without an image use (`vivarium/desktop:<hash of its recipe>` for
+    /// the built-in desktop image).
+    pub reference: String,
+    pub source: DefaultImageSource,
+    pub state: DefaultImageState,
+    /// The latest progress line of the build, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultImageSource {
+    /// `vivarium serve --default-image`.
+    Configured,
+    /// The runner's built-in desktop image, built from the recipe compiled into it on first need.
+    Builtin,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultImageState {
+    /// Not built or imported yet: the first create without an image (or
+    /// `POST /v1/images/default`) prepares it.
+    NotPrepared,
+    Building,
+    Importing,
+    Ready,
+    Failed,
+}
+
 /// One line of the NDJSON progress stream of `POST /v1/images/build` when the client sends
 /// `Accept: application/x-ndjson`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -413,12 +532,16 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `invalid_argument`, `not_found`, `unauthorized`, `conflict`,
-    /// `unpinned_tag`, `image_not_found`, `registry_unreachable`, `timeout`, `internal`…
+    /// `unpinned_tag`, `image_not_found`, `registry_unreachable`, `timeout`, `payload_too_large`,
+    /// `sandbox_failed` (with `reason`), `sandbox_unavailable`, `internal`…
     pub code: String,
     pub message: String,
     /// The request field at fault, when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `sandbox_failed`: the sandbox's `failure.reason` (`oom_killed`, `killed`, `exited`, `lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl std::fmt::Display for ErrorDetail {

@@ -225,21 +225,40 @@ fn validate(spec: &SandboxSpec) -> Result<(), DriverError> {
     if !spec.cwd.starts_with('/') {
         return bad(format!("cwd {:?} must be absolute", spec.cwd));
     }
-    if !(spec.vcpus.is_finite() && spec.vcpus >= 0.01 && spec.vcpus <= 1024.0) {
-        return bad(format!("vcpus {} must be within 0.01..=1024", spec.vcpus));
+    use vivarium_api::limits as lim;
+    if !(spec.vcpus.is_finite() && spec.vcpus >= lim::MIN_VCPUS && spec.vcpus <= lim::MAX_VCPUS) {
+        return bad(format!(
+            "vcpus {} must be within {}..={}",
+            spec.vcpus,
+            lim::MIN_VCPUS,
+            lim::MAX_VCPUS
+        ));
     }
-    if spec.mem_mib < 8 || spec.mem_mib > 1 << 30 {
-        return bad(format!("mem_mib {} must be within 8..=2^30", spec.mem_mib));
+    if !(lim::MIN_MEM_MIB..=lim::MAX_MEM_MIB).contains(&spec.mem_mib) {
+        return bad(format!(
+            "mem_mib {} must be within {}..={}",
+            spec.mem_mib,
+            lim::MIN_MEM_MIB,
+            lim::MAX_MEM_MIB
+        ));
     }
     if spec.pids_max < 1 {
         return bad("pids_max must be >= 1".into());
     }
-    if spec.shm_mib < 1 || spec.shm_mib > 1 << 20 {
-        return bad(format!("shm_mib {} must be within 1..=2^20", spec.shm_mib));
+    if spec.shm_mib < 1 || spec.shm_mib > lim::MAX_MEM_MIB {
+        return bad(format!(
+            "shm_mib {} must be within 1..={}",
+            spec.shm_mib,
+            lim::MAX_MEM_MIB
+        ));
     }
     if let Some(d) = spec.disk_mib {
-        if !(16..=1 << 24).contains(&d) {
-            return bad(format!("disk_mib {d} must be within 16..=2^24"));
+        if !(lim::MIN_DISK_MIB..=lim::MAX_DISK_MIB).contains(&d) {
+            return bad(format!(
+                "disk_mib {d} must be within {}..={}",
+                lim::MIN_DISK_MIB,
+                lim::MAX_DISK_MIB
+            ));
         }
     }
     if spec
@@ -687,6 +706,28 @@ impl Driver {
     pub fn oom_kills(&self, id: &str) -> Result<u64, DriverError> {
         validate_id(id)?;
         self.inner.cgroups.oom_kills(id)
+    }
+
+    /// Host pids of the processes in the sandbox's cgroups (empty once it is dead or gone).
+    pub fn pids(&self, id: &str) -> Vec<i32> {
+        if validate_id(id).is_err() {
+            return Vec::new();
+        }
+        self.inner.cgroups.pids(id)
+    }
+
+    /// The sandbox's console log: the agent's stdout/stderr and crun's errors.
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.inner.run_dir(id).join("console.log")
+    }
+
+    /// MiB a new scratch image may take: the space available to unprivileged users on the
+    /// filesystem of the state directory.
+    pub fn available_disk_mib(&self) -> Result<u64, DriverError> {
+        let dir = &self.inner.cfg.state_dir;
+        let st = nix::sys::statvfs::statvfs(dir)
+            .map_err(|e| io_err(format!("statvfs {}", dir.display()), e.into()))?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64) >> 20)
     }
 
     /// The sandbox's network namespace (`/run/netns/<parent>-<id>`), for `setns`.

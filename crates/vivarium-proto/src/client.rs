@@ -1,18 +1,29 @@
 //! Host-side client of the guest agent.
 //!
 //! One Unix-socket connection per request: connecting to a local socket costs a few microseconds,
-//! requests never wait behind each other (no head-of-line blocking), and cancelling an operation is
-//! dropping its connection — the agent then kills a streaming exec's process group and aborts a
-//! streamed write. Every request uses stream id 1 on its own connection.
+//! requests never wait behind each other (no head-of-line blocking). Dropping a connection aborts
+//! the operation on it, except an exec: its process is *detached* (keeps running, output kept in
+//! the agent's bounded ring buffers, listed by [`AgentClient::processes`]) so work survives a
+//! runner that dies. Killing an exec is explicit: its timeout, [`AgentClient::signal`], or
+//! [`ExecStream::cancel`]. Every request uses stream id 1 on its own connection.
+//!
+//! Nothing here waits forever on a dead or wedged agent (see [`Deadlines`]): connecting has a
+//! deadline; calls with no run time of their own have a fixed one; an exec or a wait with a
+//! timeout gets that timeout plus a grace; and a call that legitimately has no bound (an exec or
+//! wait without timeout, a long stream) probes the agent with `info` on a second connection
+//! every [`Deadlines::probe_interval`] and fails as soon as a probe goes unanswered.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::UnixStream;
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use crate::frame::{CodecError, Frame, FrameCodec, Rejected, STREAM_CHUNK};
@@ -37,6 +48,13 @@ pub enum ClientError {
     Protocol(String),
     #[error("agent speaks protocol version {remote}, the runner speaks {local}")]
     VersionMismatch { local: u32, remote: u32 },
+    /// The agent did not answer within the call's deadline (a wedged agent, or a call that
+    /// overran its own timeout by more than the grace).
+    #[error("the agent did not answer {what} within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// The agent stopped answering liveness probes while a long call was pending.
+    #[error("the agent stopped answering while {what} was pending: {reason}")]
+    Unresponsive { what: &'static str, reason: String },
     /// The agent carried out the request and reports a typed failure.
     #[error("{code}: {message}")]
     Agent {
@@ -77,9 +95,11 @@ fn accept(
 ) -> Result<Frame<Response>, ClientError> {
     let frame = match item {
         None => {
-            return Err(ClientError::Protocol(
-                "agent closed the connection before answering".into(),
-            ))
+            // The agent died (or dropped the connection): an I/O condition, not bad protocol.
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "agent closed the connection before answering",
+            )));
         }
         Some(Err(e)) => return Err(e.into()),
         Some(Ok(Err(Rejected::VersionMismatch { remote, local, .. }))) => {
@@ -144,17 +164,67 @@ fn split_output(payload: Bytes, stdout_len: u64) -> Result<(Bytes, Bytes), Clien
     Ok((stdout, stderr))
 }
 
+/// How long host→agent calls may take. Every call is bounded by one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Connecting to the agent's socket (a full accept backlog blocks it).
+    pub connect: Duration,
+    /// A whole call with no run time of its own (info, files, spawn, signal, list, desktop
+    /// actions, which wait up to 30 s for the desktop plus up to 60 s for a `wait` action), and
+    /// each chunk or send of a streamed read or write.
+    pub request: Duration,
+    /// Added to an exec's or a wait's own timeout: the agent kills at the timeout, then reaps and
+    /// drains the output.
+    pub grace: Duration,
+    /// While a call waits longer than this, the agent is probed with `info` on another
+    /// connection (each probe bounded by `connect` + `probe_timeout`); an unanswered probe fails
+    /// the call with [`ClientError::Unresponsive`].
+    pub probe_interval: Duration,
+    /// How long one liveness probe may take.
+    pub probe_timeout: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(120),
+            grace: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(15),
+            probe_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Client of one sandbox's agent socket. Cheap to clone; holds no connection.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     socket: PathBuf,
+    deadlines: Deadlines,
+}
+
+/// The deadline of a call that runs for `timeout` (an exec's or wait's own), or none (then only
+/// liveness probes bound it).
+fn own_deadline(timeout_ms: Option<u64>, grace: Duration) -> Option<Duration> {
+    timeout_ms.map(|t| Duration::from_millis(t).saturating_add(grace))
 }
 
 impl AgentClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         AgentClient {
             socket: socket.into(),
+            deadlines: Deadlines::default(),
         }
+    }
+
+    /// The same client with other deadlines.
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
     }
 
     pub fn socket(&self) -> &Path {
@@ -162,20 +232,98 @@ impl AgentClient {
     }
 
     async fn connect(&self) -> Result<Conn, ClientError> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+        let wrap = |e: io::Error| {
             ClientError::Connect(io::Error::new(
                 e.kind(),
                 format!("{}: {e}", self.socket.display()),
             ))
-        })?;
+        };
+        let stream = tokio::time::timeout(self.deadlines.connect, UnixStream::connect(&self.socket))
+            .await
+            .map_err(|_| {
+                wrap(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("not accepted within {:?}", self.deadlines.connect),
+                ))
+            })?
+            .map_err(wrap)?;
         Ok(Framed::new(stream, FrameCodec::new()))
     }
 
-    /// One request frame, one answer frame.
+    /// Sends `info` on its own connection within the probe deadline.
+    async fn probe(&self) -> Result<(), String> {
+        let once = async {
+            let mut conn = self.connect().await?;
+            conn.send(Frame::new(STREAM, Request::Info)).await?;
+            recv(&mut conn).await
+        };
+        match tokio::time::timeout(self.deadlines.probe_timeout, once).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "info unanswered within {:?}",
+                self.deadlines.probe_timeout
+            )),
+        }
+    }
+
+    /// Resolves only when the agent stops answering liveness probes.
+    async fn unresponsive(&self, what: &'static str) -> ClientError {
+        loop {
+            tokio::time::sleep(self.deadlines.probe_interval).await;
+            if let Err(reason) = self.probe().await {
+                tracing::warn!(socket = %self.socket.display(), what, %reason, "agent unresponsive");
+                return ClientError::Unresponsive { what, reason };
+            }
+        }
+    }
+
+    /// Runs `fut` until it ends, `deadline` passes, or the agent stops answering probes (only
+    /// probed when the deadline is longer than the probe interval, or absent).
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        deadline: Option<Duration>,
+        fut: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let probe = deadline.is_none_or(|d| d > self.deadlines.probe_interval);
+        let guarded = async {
+            if !probe {
+                return fut.await;
+            }
+            tokio::select! {
+                r = fut => r,
+                e = self.unresponsive(what) => Err(e),
+            }
+        };
+        match deadline {
+            Some(after) => tokio::time::timeout(after, guarded)
+                .await
+                .unwrap_or(Err(ClientError::Timeout { what, after })),
+            None => guarded.await,
+        }
+    }
+
+    /// One request frame, one answer frame, within the request deadline.
     async fn call(&self, msg: Request, payload: Bytes) -> Result<Frame<Response>, ClientError> {
-        let mut conn = self.connect().await?;
-        conn.send(Frame::with_payload(STREAM, msg, payload)).await?;
-        recv(&mut conn).await
+        let deadline = self.deadlines.request;
+        self.call_within(msg, payload, Some(deadline)).await
+    }
+
+    /// One request frame, one answer frame, within `deadline` (none: probed for liveness).
+    async fn call_within(
+        &self,
+        msg: Request,
+        payload: Bytes,
+        deadline: Option<Duration>,
+    ) -> Result<Frame<Response>, ClientError> {
+        let what = msg.name();
+        self.bounded(what, deadline, async {
+            let mut conn = self.connect().await?;
+            conn.send(Frame::with_payload(STREAM, msg, payload)).await?;
+            recv(&mut conn).await
+        })
+        .await
     }
 
     /// Runs one desktop action. Screenshots return their encoded image as the second value (the
@@ -198,9 +346,14 @@ impl AgentClient {
         }
     }
 
-    /// Runs a process to completion and returns its buffered output.
+    /// Runs a process to completion and returns its buffered output. Bounded by the exec's own
+    /// timeout plus [`Deadlines::grace`] (without a timeout, by liveness probes). Dropping the
+    /// future (or a failed call) detaches the process rather than killing it.
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecResult, ClientError> {
-        let frame = self.call(Request::Exec(req.spec), req.stdin).await?;
+        let deadline = own_deadline(req.spec.timeout_ms, self.deadlines.grace);
+        let frame = self
+            .call_within(Request::Exec(req.spec), req.stdin, deadline)
+            .await?;
         match frame.msg {
             Response::ExecDone(done) => {
                 let (stdout, stderr) = split_output(frame.payload, done.stdout_len)?;
@@ -220,26 +373,44 @@ impl AgentClient {
     }
 
     /// Starts a process and streams its events. Returns once the process has started (so a
-    /// missing program is an `Err` here). Dropping the stream kills the process group.
+    /// missing program is an `Err` here). Dropping the stream detaches the process (it keeps
+    /// running); [`ExecStream::cancel`] or [`ExecStream::cancel_on_drop`] kill it.
+    ///
+    /// Starting is bounded by [`Deadlines::request`]; the events by the exec's timeout plus
+    /// [`Deadlines::grace`] from now, and while waiting for one, by liveness probes.
     pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, ClientError> {
-        let conn = self.connect().await?;
-        let (mut sink, mut events) = conn.split();
-        sink.send(Frame::with_payload(
-            STREAM,
-            Request::ExecStream(req.spec),
-            req.stdin,
-        ))
-        .await?;
-        let first = recv(&mut events).await?;
-        let pid = match first.msg {
-            Response::Started { pid } => pid,
-            other => return Err(unexpected("started", &other)),
-        };
+        let ends_by =
+            own_deadline(req.spec.timeout_ms, self.deadlines.grace).map(|d| Instant::now() + d);
+        let started = self.bounded("exec_stream", Some(self.deadlines.request), async {
+            let conn = self.connect().await?;
+            let (mut sink, mut events) = conn.split();
+            sink.send(Frame::with_payload(
+                STREAM,
+                Request::ExecStream(req.spec),
+                req.stdin,
+            ))
+            .await?;
+            let first = recv(&mut events).await?;
+            match first.msg {
+                Response::Started { pid } => Ok((pid, sink, events)),
+                other => Err(unexpected("started", &other)),
+            }
+        });
+        let (pid, sink, events) = started.await?;
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
         Ok(ExecStream {
             pid,
-            stdin: ExecStdin { sink: Some(sink) },
+            stdin: ExecStdin {
+                sink: Arc::clone(&sink),
+                closed: false,
+                deadline: self.deadlines.request,
+            },
             events: ExecEvents {
+                client: self.clone(),
                 events,
+                sink,
+                ends_by,
+                cancel_on_drop: false,
                 pending_started: Some(pid),
                 done: false,
             },
@@ -274,15 +445,17 @@ impl AgentClient {
     }
 
     /// Waits for a background process to end (or `timeout` to pass: then `running` is still true)
-    /// and returns its status and captured output.
+    /// and returns its status and captured output. Bounded by `timeout` plus
+    /// [`Deadlines::grace`] (without a timeout, by liveness probes).
     pub async fn wait(
         &self,
         pid: u32,
         timeout: Option<Duration>,
     ) -> Result<ProcessInfo, ClientError> {
         let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let deadline = own_deadline(timeout_ms, self.deadlines.grace);
         let frame = self
-            .call(Request::Wait { pid, timeout_ms }, Bytes::new())
+            .call_within(Request::Wait { pid, timeout_ms }, Bytes::new(), deadline)
             .await?;
         match frame.msg {
             Response::Process {
@@ -310,27 +483,39 @@ impl AgentClient {
         }
     }
 
-    /// Reads a file of any size in chunks.
+    /// Reads a file of any size in chunks. Each chunk must arrive within
+    /// [`Deadlines::request`].
     pub async fn read_file_stream(
         &self,
         path: &str,
     ) -> Result<(FileStat, BoxStream<'static, Result<Bytes, ClientError>>), ClientError> {
-        let mut conn = self.connect().await?;
-        conn.send(Frame::new(
-            STREAM,
-            Request::ReadFileStream {
-                path: path.into(),
-                chunk_size: None,
-            },
-        ))
-        .await?;
-        let stat = match recv(&mut conn).await?.msg {
-            Response::FileStart { stat } => stat,
-            other => return Err(unexpected("file_start", &other)),
-        };
-        let chunks = futures::stream::unfold(Some(conn), |conn| async move {
+        let per_chunk = self.deadlines.request;
+        let (stat, conn) = self
+            .bounded("read_file_stream", Some(per_chunk), async {
+                let mut conn = self.connect().await?;
+                conn.send(Frame::new(
+                    STREAM,
+                    Request::ReadFileStream {
+                        path: path.into(),
+                        chunk_size: None,
+                    },
+                ))
+                .await?;
+                match recv(&mut conn).await?.msg {
+                    Response::FileStart { stat } => Ok((stat, conn)),
+                    other => Err(unexpected("file_start", &other)),
+                }
+            })
+            .await?;
+        let chunks = futures::stream::unfold(Some(conn), move |conn| async move {
             let mut conn = conn?;
-            match recv(&mut conn).await {
+            let next = tokio::time::timeout(per_chunk, recv(&mut conn))
+                .await
+                .unwrap_or(Err(ClientError::Timeout {
+                    what: "file_chunk",
+                    after: per_chunk,
+                }));
+            match next {
                 Ok(Frame {
                     msg: Response::FileChunk,
                     payload,
@@ -375,23 +560,33 @@ impl AgentClient {
 
     /// Writes a file from a stream of chunks. An error from the agent (e.g. permission denied) ends
     /// the upload early; an error from `body` aborts the write and leaves no partial file when
-    /// `opts.atomic` is set.
+    /// `opts.atomic` is set. Each send to the agent and its final answer are bounded by
+    /// [`Deadlines::request`] (time spent waiting for `body` is not).
     pub async fn write_file_stream(
         &self,
         path: &str,
         opts: WriteOptions,
         body: impl Stream<Item = io::Result<Bytes>> + Send,
     ) -> Result<FileStat, ClientError> {
+        let per_send = self.deadlines.request;
+        let bound = |what: &'static str| ClientError::Timeout {
+            what,
+            after: per_send,
+        };
         let conn = self.connect().await?;
         let (mut sink, mut answers) = conn.split();
-        sink.send(Frame::new(
-            STREAM,
-            Request::WriteFileStream {
-                path: path.into(),
-                options: opts,
-            },
-        ))
-        .await?;
+        tokio::time::timeout(
+            per_send,
+            sink.send(Frame::new(
+                STREAM,
+                Request::WriteFileStream {
+                    path: path.into(),
+                    options: opts,
+                },
+            )),
+        )
+        .await
+        .map_err(|_| bound("write_file_stream"))??;
         let mut body = std::pin::pin!(body);
         loop {
             tokio::select! {
@@ -402,7 +597,11 @@ impl AgentClient {
                     return Err(unexpected("nothing before the end of the upload", &frame.msg));
                 }
                 chunk = body.next() => match chunk {
-                    Some(Ok(data)) => send_chunked(&mut sink, Request::WriteChunk, data).await?,
+                    Some(Ok(data)) => {
+                        tokio::time::timeout(per_send, send_chunked(&mut sink, Request::WriteChunk, data))
+                            .await
+                            .map_err(|_| bound("write_chunk"))??
+                    }
                     Some(Err(e)) => {
                         // Tell the agent to drop the partial file, then report the body's error.
                         let _ = sink.send(Frame::new(STREAM, Request::Cancel)).await;
@@ -415,8 +614,13 @@ impl AgentClient {
                 },
             }
         }
-        sink.send(Frame::new(STREAM, Request::WriteEnd)).await?;
-        match recv(&mut answers).await?.msg {
+        tokio::time::timeout(per_send, sink.send(Frame::new(STREAM, Request::WriteEnd)))
+            .await
+            .map_err(|_| bound("write_end"))??;
+        let answer = tokio::time::timeout(per_send, recv(&mut answers))
+            .await
+            .map_err(|_| bound("write_file_stream"))??;
+        match answer.msg {
             Response::Stat { stat } => Ok(stat),
             other => Err(unexpected("stat", &other)),
         }
@@ -475,7 +679,9 @@ impl AgentClient {
 }
 
 /// A running streaming exec. Dropping it (both halves, if split) closes the connection, and the
-/// agent then kills the process group.
+/// agent then *detaches* the process: it keeps running and is listed by
+/// [`AgentClient::processes`]. [`ExecStream::cancel`] kills it; after
+/// [`ExecStream::cancel_on_drop`], dropping it before `Exited` does too.
 pub struct ExecStream {
     pid: u32,
     stdin: ExecStdin,
@@ -501,30 +707,62 @@ impl ExecStream {
         self.stdin.close().await
     }
 
+    /// Kills the process group (sends `Cancel` on the stream).
+    pub async fn cancel(self) -> Result<(), ClientError> {
+        self.events.cancel().await
+    }
+
+    /// From now on, dropping this stream (or its events half) before `Exited` kills the process
+    /// (for interactive callers: a client that hangs up means stop), instead of detaching it.
+    pub fn cancel_on_drop(&mut self) {
+        self.events.cancel_on_drop = true;
+    }
+
     /// Splits into a stdin half and an events half that can be used from different tasks.
     pub fn into_split(self) -> (ExecStdin, ExecEvents) {
         (self.stdin, self.events)
     }
 }
 
+type SharedSink = Arc<tokio::sync::Mutex<SplitSink<Conn, Frame<Request>>>>;
+
 /// Stdin half of an [`ExecStream`].
 pub struct ExecStdin {
-    sink: Option<SplitSink<Conn, Frame<Request>>>,
+    sink: SharedSink,
+    closed: bool,
+    /// Bound of one write (the agent back-pressures a child that does not read its stdin).
+    deadline: Duration,
 }
 
 impl ExecStdin {
+    /// Writes to the process's stdin; each write must be taken within [`Deadlines::request`].
     pub async fn write(&mut self, data: Bytes) -> Result<(), ClientError> {
-        let sink = self
-            .sink
-            .as_mut()
-            .ok_or_else(|| ClientError::Protocol("stdin is already closed".into()))?;
-        send_chunked(sink, Request::StdinData, data).await
+        if self.closed {
+            return Err(ClientError::Protocol("stdin is already closed".into()));
+        }
+        let mut sink = self.sink.lock().await;
+        tokio::time::timeout(
+            self.deadline,
+            send_chunked(&mut *sink, Request::StdinData, data),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            what: "stdin_data",
+            after: self.deadline,
+        })?
     }
 
     /// Closes the process's stdin (it reads EOF). Further writes fail.
     pub async fn close(&mut self) -> Result<(), ClientError> {
-        if let Some(mut sink) = self.sink.take() {
-            sink.send(Frame::new(STREAM, Request::StdinClose)).await?;
+        if !self.closed {
+            self.closed = true;
+            let mut sink = self.sink.lock().await;
+            tokio::time::timeout(self.deadline, sink.send(Frame::new(STREAM, Request::StdinClose)))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    what: "stdin_close",
+                    after: self.deadline,
+                })??;
         }
         Ok(())
     }
@@ -532,7 +770,13 @@ impl ExecStdin {
 
 /// Events half of an [`ExecStream`].
 pub struct ExecEvents {
+    client: AgentClient,
     events: SplitStream<Conn>,
+    /// The connection's sending half (shared with [`ExecStdin`]), kept for `Cancel`.
+    sink: SharedSink,
+    /// The exec's timeout plus grace, when it has a timeout.
+    ends_by: Option<Instant>,
+    cancel_on_drop: bool,
     pending_started: Option<u32>,
     done: bool,
 }
@@ -545,7 +789,15 @@ impl ExecEvents {
         if self.done {
             return None;
         }
-        let result = match recv(&mut self.events).await {
+        let left = self
+            .ends_by
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let client = self.client.clone();
+        let events = &mut self.events;
+        let result = match client
+            .bounded("exec_stream", left, recv(events))
+            .await
+        {
             Ok(frame) => match frame.msg {
                 Response::Stdout => Ok(ExecEvent::Stdout(frame.payload)),
                 Response::Stderr => Ok(ExecEvent::Stderr(frame.payload)),
@@ -561,5 +813,52 @@ impl ExecEvents {
             self.done = true;
         }
         Some(result)
+    }
+
+    /// Kills the process group (sends `Cancel` on the stream).
+    pub async fn cancel(mut self) -> Result<(), ClientError> {
+        self.cancel_on_drop = false;
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let deadline = self.client.deadlines.request;
+        let mut sink = self.sink.lock().await;
+        tokio::time::timeout(deadline, sink.send(Frame::new(STREAM, Request::Cancel)))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "cancel",
+                after: deadline,
+            })??;
+        Ok(())
+    }
+
+    /// See [`ExecStream::cancel_on_drop`].
+    pub fn cancel_on_drop(&mut self) {
+        self.cancel_on_drop = true;
+    }
+}
+
+impl Drop for ExecEvents {
+    fn drop(&mut self) {
+        if !self.cancel_on_drop || self.done {
+            return;
+        }
+        // Drop cannot await: send `Cancel` from a task (bounded), then close the connection.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("exec stream dropped outside a runtime: process left detached");
+            return;
+        };
+        let sink = Arc::clone(&self.sink);
+        let deadline = self.client.deadlines.request;
+        rt.spawn(async move {
+            let send = async {
+                let mut sink = sink.lock().await;
+                sink.send(Frame::new(STREAM, Request::Cancel)).await
+            };
+            if !matches!(tokio::time::timeout(deadline, send).await, Ok(Ok(()))) {
+                tracing::warn!("could not cancel a dropped exec stream; it stays detached");
+            }
+        });
     }
 }

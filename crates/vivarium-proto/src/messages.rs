@@ -18,6 +18,9 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Chunk size of streamed file reads when the request does not name one.
 pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 
+/// Bytes of output the agent keeps per stream (stdout, stderr) of a background or detached process.
+pub const PROCESS_OUTPUT_CAP: usize = 1024 * 1024;
+
 /// Largest file the whole-file read (`read_file`) returns in one frame; larger files must be streamed.
 pub const MAX_WHOLE_FILE: u64 = 32 * 1024 * 1024;
 
@@ -29,9 +32,18 @@ pub enum Request {
     Info,
     /// Run a process to completion and return its buffered output. Payload: stdin bytes.
     /// Answered by [`Response::ExecDone`].
+    ///
+    /// While it runs the process is listed by [`Request::ListProcesses`]. If the connection drops
+    /// before the answer (the runner died or gave up), the process is *detached*, not killed: it
+    /// keeps running (until it ends or its `timeout_ms`), its output goes on into the bounded ring
+    /// buffers of background processes ([`ProcessInfo`]), and its status and output stay
+    /// fetchable with [`Request::Wait`]. To kill it: its timeout, [`Request::Signal`], or
+    /// [`Request::Cancel`] on its stream. An answered exec is forgotten.
     Exec(ExecSpec),
     /// Run a process and stream its events. Payload: first stdin bytes (stdin stays open until
     /// [`Request::StdinClose`]). Answered by `Started`, `Stdout`/`Stderr`..., `Exited`.
+    /// A dropped connection detaches the process exactly like [`Request::Exec`] (its stdin is
+    /// closed); [`Request::Cancel`] kills its process group.
     ExecStream(ExecSpec),
     /// Stdin bytes for a streaming exec on the same stream id. Payload: the bytes.
     StdinData,
@@ -39,7 +51,8 @@ pub enum Request {
     StdinClose,
     /// Start a background process. Payload: stdin bytes. Answered by [`Response::Process`].
     Spawn(ExecSpec),
-    /// List background processes. Answered by [`Response::Processes`].
+    /// List background processes, running execs and execs detached by a dropped connection.
+    /// Answered by [`Response::Processes`].
     ListProcesses,
     /// Send a signal to a background process (its whole process group) or any pid.
     /// Answered by [`Response::Ok`].
@@ -99,8 +112,9 @@ pub enum Request {
     /// waits up to 30 s for the desktop session to be ready. Answered by [`Response::Desktop`].
     /// The action's own tag is `action`, so the JSON is `{"type":"desktop","action":"click",...}`.
     Desktop(DesktopAction),
-    /// Abandon the operation on this stream id (kills a streaming exec, aborts a streamed write).
-    /// Needed on a multiplexed transport where dropping the connection is not an option.
+    /// Abandon the operation on this stream id: kills an exec's process group (explicit
+    /// cancellation; a dropped connection only detaches it) and aborts a streamed write. Also
+    /// the way to abandon one operation on a multiplexed transport.
     Cancel,
 }
 
@@ -235,6 +249,11 @@ pub enum ErrorCode {
     Timeout,
     VersionMismatch,
     Internal,
+    /// The sandbox's disk (or a quota) is full.
+    NoSpace,
+    /// The sandbox ran out of processes (fork answered EAGAIN: its pids limit) or memory
+    /// (ENOMEM). Retrying after some of its processes end can succeed.
+    ResourceExhausted,
     #[serde(other)]
     Unknown,
 }
@@ -252,6 +271,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Internal => "internal",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -268,6 +289,8 @@ impl ErrorCode {
             K::InvalidInput | K::DirectoryNotEmpty => ErrorCode::InvalidArgument,
             K::TimedOut => ErrorCode::Timeout,
             K::ReadOnlyFilesystem => ErrorCode::PermissionDenied,
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => ErrorCode::NoSpace,
+            K::WouldBlock | K::OutOfMemory => ErrorCode::ResourceExhausted,
             _ => ErrorCode::Internal,
         }
     }
@@ -393,7 +416,11 @@ pub enum ExecEvent {
     Exited(ExitStatus),
 }
 
-/// A background process.
+/// A background process, a running exec, or an exec detached by a dropped connection.
+///
+/// Output of background and detached processes is kept in ring buffers of at most
+/// [`PROCESS_OUTPUT_CAP`] bytes per stream (the newest bytes; `*_dropped` counts the rest), so
+/// the agent's memory stays bounded however much a process writes.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,

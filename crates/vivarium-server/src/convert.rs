@@ -59,14 +59,7 @@ pub fn exec_request(req: &api::ExecRequest, foreground: bool) -> ApiResult<ExecR
             ));
         }
     }
-    for k in req.env.keys() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(ApiError::invalid(
-                format!("env.{k}"),
-                "invalid environment variable name",
-            ));
-        }
-    }
+    crate::runner::check_env(&req.env)?;
     let timeout_s = match req.timeout_s {
         Some(t) if !(t.is_finite() && t > 0.0 && t <= api::MAX_TIMEOUT_S as f64) => {
             return Err(ApiError::invalid(
@@ -177,12 +170,33 @@ pub fn image_error(e: ImageError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
+/// Driver errors of a create. Requests are validated against the driver's own limits first, so
+/// what is left is the host running out of something (503/507) or the runner failing (500).
 pub fn driver_error(e: DriverError) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "sandbox_create_failed",
-        e.to_string(),
-    )
+    let storage = |source: &std::io::Error| {
+        matches!(
+            source.raw_os_error(),
+            Some(nix::libc::ENOSPC) | Some(nix::libc::EFBIG) | Some(nix::libc::EDQUOT)
+        )
+    };
+    match &e {
+        DriverError::AddressesExhausted(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity_exhausted",
+            format!("this runner cannot start another sandbox now: {e}"),
+        ),
+        DriverError::Io { source, .. } if storage(source) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("the host has no room for this sandbox's disk: {e}"),
+        )
+        .with_field("disk_mib"),
+        _ => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "sandbox_create_failed",
+            e.to_string(),
+        ),
+    }
 }
 
 /// Errors from a sandbox's guest agent. The agent's typed codes map to 4xx; a sandbox whose agent
@@ -205,6 +219,11 @@ pub fn agent_error(runner: &Runner, id: &str, e: ClientError) -> ApiError {
                 ErrorCode::VersionMismatch => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "version_mismatch")
                 }
+                ErrorCode::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+                // The sandbox is at its pids or memory limit; retrying later can succeed.
+                ErrorCode::ResourceExhausted => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "resource_exhausted")
+                }
                 ErrorCode::Internal | ErrorCode::Unknown => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
@@ -216,17 +235,10 @@ pub fn agent_error(runner: &Runner, id: &str, e: ClientError) -> ApiError {
             }
         }
         ClientError::Connect(_) | ClientError::Io(_) => {
-            let still_known = runner.get(id).is_ok();
             tracing::warn!(sandbox = %id, error = %e, "guest agent not answering");
-            if still_known {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "sandbox_unavailable",
-                    format!("sandbox {id} is not answering (its init may have died): {e}"),
-                )
-            } else {
-                ApiError::not_found(format!("no sandbox with id {id:?}"))
-            }
+            // 409 `sandbox_failed` with the reason when the sandbox died, `sandbox_unavailable`
+            // while it still runs, 404 once it is gone.
+            runner.unavailable_error(id, &e)
         }
         other => ApiError::internal(other.to_string()),
     }

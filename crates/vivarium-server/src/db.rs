@@ -33,6 +33,12 @@ pub struct RunRecord {
     pub run: Run,
     /// Host path of the guest agent's Unix socket.
     pub agent_socket: PathBuf,
+    /// Host pid of the sandbox's init (the agent), once it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<u32>,
+    /// A `failed` sandbox's host objects are gone (only this record and its log are left).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleaned: bool,
 }
 
 pub struct Db {
@@ -161,8 +167,12 @@ mod tests {
                 desktop: None,
                 cdp_url: None,
                 vnc_url: None,
+                failure: None,
+                on_failure: Default::default(),
             },
             agent_socket: "/x/agent.sock".into(),
+            init_pid: None,
+            cleaned: false,
         }
     }
 

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// `sandbox_failed`: the failure's reason.
+    pub reason: Option<&'static str>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            reason: None,
         }
     }
 
@@ -33,7 +36,18 @@ impl ApiError {
             code: "invalid_argument",
             message: message.into(),
             field: Some(field.into()),
+            reason: None,
         }
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// 413: a request body past its limit.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).with_field("body")
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -58,6 +72,7 @@ impl ApiError {
             code: self.code.to_string(),
             message: self.message.clone(),
             field: self.field.clone(),
+            reason: self.reason.map(str::to_string),
         }
     }
 }

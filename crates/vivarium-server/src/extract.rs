@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Largest JSON request body accepted (file uploads use the streamed `PUT` instead).
-pub const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+/// Largest JSON request body accepted (file uploads use the streamed `PUT` instead); the router's
+/// `DefaultBodyLimit` enforces it for every extractor that buffers a body.
+pub const MAX_JSON_BODY: usize = vivarium_api::limits::MAX_JSON_BODY_BYTES;
 
 pub struct ApiJson<T>(pub T);
 
@@ -20,7 +21,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::invalid("body", format!("could not read the request body: {e}"))
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(format!(
+                    "JSON request bodies are at most {MAX_JSON_BODY} bytes (send file contents \
+                     with PUT /v1/runs/{{id}}/files)"
+                ))
+            } else {
+                ApiError::invalid("body", format!("could not read the request body: {e}"))
+            }
         })?;
         parse_json(&bytes).map(ApiJson)
     }

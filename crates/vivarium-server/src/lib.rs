@@ -8,14 +8,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod agent_binary;
 pub mod computer;
 pub mod convert;
 pub mod db;
+pub mod desktop_image;
 pub mod error;
+pub mod exits;
 pub mod extract;
 pub mod proxy;
 pub mod routes;
 pub mod runner;
+pub mod uninstall;
 
 pub use runner::{Runner, RunnerConfig, StartError};
 
@@ -48,6 +52,54 @@ pub enum ServeError {
     },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("locking {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another runner already serves the data dir {data_dir} (it holds {path}); stop it first \
+         or use another --data-dir"
+    )]
+    Held { data_dir: PathBuf, path: PathBuf },
+}
+
+/// The data dir's lock: one runner (or `vivarium uninstall`) per data dir at a time. Held until
+/// dropped; the kernel releases it when the process dies, so a SIGKILLed runner leaves no stale
+/// lock.
+pub struct DataDirLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl DataDirLock {
+    pub fn acquire(data_dir: &std::path::Path) -> Result<Self, LockError> {
+        let path = data_dir.join("runner.lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Self { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Held {
+                data_dir: data_dir.to_path_buf(),
+                path,
+            }),
+            Err((_, e)) => Err(io(e.into())),
+        }
+    }
 }
 
 /// Reads the API key from `<data_dir>/api-key`, creating it (mode 0600) with a fresh random key the
@@ -85,16 +137,24 @@ pub fn load_or_create_api_key(data_dir: &std::path::Path) -> Result<(String, boo
 
 /// Runs the runner until SIGINT/SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let _lock = DataDirLock::acquire(&cfg.runner.data_dir)?;
     let api_key = match cfg.api_key.clone() {
         Some(k) => k,
         None => {
             let (key, fresh) = load_or_create_api_key(&cfg.runner.data_dir)?;
             if fresh {
-                // Printed once, on the run that creates it; later runs read the file.
-                println!(
-                    "Generated API key (stored in {}): {key}",
-                    cfg.runner.data_dir.join("api-key").display()
-                );
+                // The key itself goes only to an interactive terminal, never into a log file
+                // (a runner started with its output redirected says where the key is).
+                use std::io::IsTerminal;
+                let path = cfg.runner.data_dir.join("api-key");
+                if std::io::stdout().is_terminal() {
+                    println!("Generated API key (stored in {}): {key}", path.display());
+                } else {
+                    println!(
+                        "Generated an API key; it is in {} (mode 0600)",
+                        path.display()
+                    );
+                }
             }
             key
         }

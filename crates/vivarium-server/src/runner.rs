@@ -16,14 +16,19 @@ use vivarium_proto::client::AgentClient;
 
 use crate::convert;
 use crate::db::{Db, RunRecord};
+use crate::desktop_image::{self, DesktopImage};
 use crate::error::{ApiError, ApiResult};
+use crate::exits::{Exits, Pidfd};
+
+mod failures;
+mod limits;
+pub use failures::{failed_error, MAX_LOG_BYTES};
+pub use limits::check_env;
 
 /// Where the guest agent listens inside every sandbox (the driver bind-mounts its host side).
 pub const AGENT_SOCKET_IN_SANDBOX: &str = "/.vivarium/run/agent.sock";
 /// How long a new sandbox's agent may take to answer before creation is given up.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Processes per sandbox.
-const PIDS_MAX: u64 = 4096;
 /// Size of /dev/shm in every sandbox (Chromium wants at least 1 GiB).
 const SHM_MIB: u64 = 1024;
 /// Largest desktop resolution (the agent starts Xvfb at this size and switches with RandR).
@@ -58,10 +63,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "guest agent binary {0} not found (build it with scripts/build-agent.sh or pass --agent)"
-    )]
-    AgentMissing(PathBuf),
+    #[error(transparent)]
+    Agent(#[from] crate::agent_binary::AgentBinaryError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     #[error("image store: {0}")]
@@ -80,6 +83,12 @@ pub struct Runner {
     /// Ids being created or deleted right now; the reaper leaves them alone.
     busy: Mutex<std::collections::HashSet<String>>,
     host_mem_mib: u64,
+    /// Exit statuses of sandbox inits (see `exits`).
+    exits: Exits,
+    /// pidfds of running sandboxes' inits, by sandbox id: the death watcher polls them.
+    pidfds: Mutex<HashMap<String, Pidfd>>,
+    /// The image of creates that name none (`--default-image`, or the built-in desktop image).
+    desktop_image: DesktopImage,
 }
 
 impl Runner {
@@ -88,15 +97,16 @@ impl Runner {
             cfg.data_dir.clone(),
             cfg.data_dir.join("images"),
             cfg.data_dir.join("sandboxes"),
+            cfg.data_dir.join("logs"),
         ] {
             std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
                 path: dir.clone(),
                 source,
             })?;
         }
-        if !cfg.agent_binary.is_file() {
-            return Err(StartError::AgentMissing(cfg.agent_binary.clone()));
-        }
+        // Never a dynamically linked agent: it cannot start in images without glibc.
+        crate::agent_binary::check_static(&cfg.agent_binary)?;
+        let cfg_default_image = cfg.default_image.clone();
         let db = Db::open(&cfg.data_dir.join("state.db"))?;
         let images = ImageStore::open(StoreConfig {
             root: cfg.data_dir.join("images"),
@@ -120,8 +130,12 @@ impl Runner {
             live: Mutex::new(HashMap::new()),
             busy: Mutex::new(Default::default()),
             host_mem_mib: host_mem_mib(),
+            exits: Exits::start(),
+            pidfds: Mutex::new(HashMap::new()),
+            desktop_image: DesktopImage::new(DesktopImage::default_cache_root(), cfg_default_image),
         });
         runner.recover().await;
+        tokio::spawn(failures::watch(Arc::downgrade(&runner)));
         Ok(runner)
     }
 
@@ -149,7 +163,9 @@ impl Runner {
     }
 
     /// Reconciles the database with the host after a (possibly unclean) restart: sandboxes that
-    /// still run and answer are adopted; everything else is removed, and the log says so.
+    /// still run and answer are adopted; running ones that died meanwhile become `failed` (or are
+    /// removed, with `on_failure: delete`); failed ones stay failed; everything else is removed,
+    /// and the log says so.
     async fn recover(&self) {
         let records = match self.db.all() {
             Ok(r) => r,
@@ -158,13 +174,22 @@ impl Runner {
                 return;
             }
         };
-        for rec in records {
+        for mut rec in records {
             let id = rec.run.id.clone();
-            let alive = rec.run.state == RunState::Running
-                && matches!(
-                    self.driver.status(&id).await,
-                    Ok(SandboxStatus::Running { .. })
-                )
+            if rec.run.state == RunState::Failed {
+                // Kept for inspection; the watcher finishes a cleanup that was cut short.
+                self.live().insert(id, rec);
+                continue;
+            }
+            let status = match rec.run.state {
+                RunState::Running => self.driver.status(&id).await.ok(),
+                _ => None,
+            };
+            let init_pid = match status {
+                Some(SandboxStatus::Running { pid }) => Some(pid),
+                _ => None,
+            };
+            let alive = init_pid.is_some()
                 && tokio::time::timeout(
                     Duration::from_secs(3),
                     AgentClient::new(&rec.agent_socket).info(),
@@ -174,6 +199,24 @@ impl Runner {
                 .unwrap_or(false);
             if alive {
                 tracing::info!(sandbox = %id, "recovered running sandbox");
+                rec.init_pid = init_pid;
+                self.watch_init(&id, init_pid);
+                self.live().insert(id, rec);
+            } else if rec.run.state == RunState::Running
+                && rec.run.on_failure == api::OnFailure::Keep
+            {
+                let why = if init_pid.is_some() {
+                    "the sandbox's guest agent stopped answering while the runner was not running"
+                } else {
+                    "the sandbox stopped while the runner was not running"
+                };
+                let failure = failures::lost_while_down(why, self.driver.oom_kills(&id).ok());
+                tracing::warn!(sandbox = %id, message = %failure.message, "sandbox failed while the runner was down; keeping its record");
+                rec.run.state = RunState::Failed;
+                rec.run.failure = Some(failure);
+                if let Err(e) = self.db.upsert(&rec) {
+                    tracing::error!(sandbox = %id, error = %e, "cannot record the failure");
+                }
                 self.live().insert(id, rec);
             } else {
                 tracing::warn!(sandbox = %id, state = ?rec.run.state, "sandbox did not survive the restart; cleaning it up");
@@ -190,6 +233,16 @@ impl Runner {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot list sandbox traces"),
+        }
+        // Kept logs of runs that are gone.
+        if let Ok(rd) = std::fs::read_dir(self.cfg.data_dir.join("logs")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".log").unwrap_or(&name);
+                if !self.live().contains_key(id) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 
@@ -217,15 +270,28 @@ impl Runner {
             .collect();
         runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         for run in &mut runs {
-            run.oom_kills = self.driver.oom_kills(&run.id).unwrap_or(run.oom_kills);
+            if run.state == RunState::Running {
+                run.oom_kills = self.driver.oom_kills(&run.id).unwrap_or(run.oom_kills);
+            }
         }
         runs
     }
 
     pub fn get(&self, id: &str) -> ApiResult<Run> {
         let mut run = self.record(id)?.run;
-        run.oom_kills = self.driver.oom_kills(id).unwrap_or(run.oom_kills);
+        if run.state == RunState::Running {
+            run.oom_kills = self.driver.oom_kills(id).unwrap_or(run.oom_kills);
+        }
         Ok(run)
+    }
+
+    /// The record of a running sandbox; 409 naming the state (and failure) otherwise.
+    fn running(&self, id: &str) -> ApiResult<RunRecord> {
+        let rec = self.record(id)?;
+        if rec.run.state != RunState::Running {
+            return Err(failed_error(&rec.run));
+        }
+        Ok(rec)
     }
 
     fn record(&self, id: &str) -> ApiResult<RunRecord> {
@@ -235,20 +301,41 @@ impl Runner {
             .ok_or_else(|| ApiError::not_found(format!("no sandbox with id {id:?}")))
     }
 
+    /// The default image and how far its preparation is.
+    pub fn default_image_status(&self) -> api::DefaultImageStatus {
+        self.desktop_image.status(&self.images)
+    }
+
+    /// The stored reference of the built-in desktop image, built and imported first if needed
+    /// (all waiting creates share one preparation).
+    pub async fn default_image_reference(&self) -> ApiResult<String> {
+        self.desktop_image
+            .prepare(&self.images)
+            .await
+            .map_err(|message| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "default_image_unavailable",
+                    format!("the built-in desktop image could not be prepared: {message}"),
+                )
+                .with_field("image")
+            })
+    }
+
     /// The guest agent of a running sandbox.
     pub fn agent(&self, id: &str) -> ApiResult<AgentClient> {
-        Ok(AgentClient::new(self.record(id)?.agent_socket))
+        Ok(AgentClient::new(self.running(id)?.agent_socket))
     }
 
     /// Host path of a running sandbox's network namespace (the port proxy joins it to connect).
     pub fn netns_path(&self, id: &str) -> ApiResult<PathBuf> {
-        self.record(id)?;
+        self.running(id)?;
         Ok(self.driver.netns_path(id))
     }
 
     /// The secret that opens a running sandbox's port proxy (`Run::access_token`).
     pub fn access_token(&self, id: &str) -> ApiResult<String> {
-        Ok(self.record(id)?.run.access_token)
+        Ok(self.running(id)?.run.access_token)
     }
 
     /// Sandboxes whose lower layer is the image with this manifest digest.
@@ -256,7 +343,7 @@ impl Runner {
         let mut ids: Vec<String> = self
             .live()
             .values()
-            .filter(|r| r.run.image_digest == digest)
+            .filter(|r| r.run.image_digest == digest && !r.cleaned)
             .map(|r| r.run.id.clone())
             .collect();
         ids.sort();
@@ -269,7 +356,7 @@ impl Runner {
 
     /// 409 unless the sandbox runs a desktop session.
     pub fn require_desktop(&self, id: &str) -> ApiResult<()> {
-        match self.record(id)?.run.desktop {
+        match self.running(id)?.run.desktop {
             Some(_) => Ok(()),
             None => Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -283,20 +370,10 @@ impl Runner {
         let image = req
             .image
             .clone()
-            .or_else(|| self.cfg.default_image.clone())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "image",
-                    "image is required (no default image is configured)",
-                )
-            })?;
+            .unwrap_or_else(|| self.desktop_image.default_reference());
+        limits::check_image(&image)?;
         let vcpus = req.vcpus.unwrap_or(api::DEFAULT_VCPUS);
-        if !vcpus.is_finite() || vcpus <= 0.0 || vcpus > api::MAX_VCPUS {
-            return Err(ApiError::invalid(
-                "vcpus",
-                format!("vcpus must be > 0 and <= {}, got {vcpus}", api::MAX_VCPUS),
-            ));
-        }
+        limits::check_vcpus(vcpus)?;
         let mem_mib = req.mem_mib.unwrap_or(api::DEFAULT_MEM_MIB);
         let max_mem = self.host_mem_mib.min(api::MAX_MEM_MIB);
         if mem_mib < api::MIN_MEM_MIB || mem_mib > max_mem {
@@ -309,12 +386,7 @@ impl Runner {
             ));
         }
         if let Some(d) = req.disk_mib {
-            if !(16..=16 * 1024 * 1024).contains(&d) {
-                return Err(ApiError::invalid(
-                    "disk_mib",
-                    format!("disk_mib must be between 16 and 16777216, got {d}"),
-                ));
-            }
+            limits::check_disk(d, self.driver.available_disk_mib().ok())?;
         }
         let timeout_s = req.timeout_s.unwrap_or(api::DEFAULT_TIMEOUT_S);
         if timeout_s == 0 || timeout_s > api::MAX_TIMEOUT_S {
@@ -326,17 +398,7 @@ impl Runner {
                 ),
             ));
         }
-        for key in req.env.keys() {
-            validate_env_name(key).map_err(|m| ApiError::invalid(format!("env.{key}"), m))?;
-        }
-        for (k, v) in &req.env {
-            if v.contains('\0') {
-                return Err(ApiError::invalid(
-                    format!("env.{k}"),
-                    "environment values cannot contain NUL",
-                ));
-            }
-        }
+        limits::check_env(&req.env)?;
         if let Some([w, h]) = req.resolution {
             if !(320..=MAX_SCREEN[0]).contains(&w) || !(200..=MAX_SCREEN[1]).contains(&h) {
                 return Err(ApiError::invalid(
@@ -348,20 +410,18 @@ impl Runner {
                 ));
             }
         }
-        for (k, v) in &req.metadata {
-            if k.is_empty() || k.len() > 256 || v.len() > 4096 {
-                return Err(ApiError::invalid(
-                    format!("metadata.{k}"),
-                    "metadata keys must be 1-256 bytes and values at most 4096 bytes",
-                ));
-            }
-        }
+        limits::check_metadata(&req.metadata)?;
         Ok((image, vcpus, mem_mib, timeout_s))
     }
 
     pub async fn create(&self, req: CreateRunRequest) -> ApiResult<Run> {
         let started = Instant::now();
         let (image_ref, vcpus, mem_mib, timeout_s) = self.validate(&req)?;
+        let image_ref = if desktop_image::is_builtin(&image_ref) {
+            self.default_image_reference().await?
+        } else {
+            image_ref
+        };
         let parsed = ImageStore::parse_reference(&image_ref)
             .map_err(|e| convert::image_error(e).with_field("image"))?;
         let image: ImageInfo = self
@@ -415,8 +475,12 @@ impl Runner {
                 desktop: desktop.clone(),
                 cdp_url: None,
                 vnc_url: None,
+                failure: None,
+                on_failure: req.on_failure.unwrap_or_default(),
             },
             agent_socket: PathBuf::new(),
+            init_pid: None,
+            cleaned: false,
         };
         if desktop.is_some() {
             let urls = crate::proxy::sandbox_urls(&self.cfg.public_url, &id, &rec.run.access_token);
@@ -443,7 +507,7 @@ impl Runner {
                 .unwrap_or_else(|| "/".into()),
             vcpus,
             mem_mib,
-            pids_max: PIDS_MAX,
+            pids_max: api::limits::PIDS_MAX,
             shm_mib: SHM_MIB.min(mem_mib),
             disk_mib: req.disk_mib,
             network: match network {
@@ -493,7 +557,9 @@ impl Runner {
                 rec.agent_socket = sandbox.agent_socket;
                 rec.run.ip = sandbox.ip.map(|ip| ip.to_string());
                 rec.run.state = RunState::Running;
+                rec.init_pid = Some(sandbox.pid);
                 self.db.upsert(&rec)?;
+                self.watch_init(&id, rec.init_pid);
                 self.live().insert(id, rec.clone());
                 Ok(rec.run)
             }
@@ -511,6 +577,7 @@ impl Runner {
             .remove(id)
             .ok_or_else(|| ApiError::not_found(format!("no sandbox with id {id:?}")))?;
         let _busy = self.busy(id);
+        self.unwatch_init(id, rec.init_pid);
         rec.run.state = RunState::Deleting;
         self.db.upsert(&rec)?;
         self.driver.destroy(id).await.map_err(|e| {
@@ -519,6 +586,11 @@ impl Runner {
             ))
         })?;
         self.db.delete(id)?;
+        match std::fs::remove_file(self.log_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "cannot remove the kept console log"),
+        }
         tracing::info!(sandbox = %id, "sandbox deleted");
         Ok(())
     }

@@ -11,6 +11,8 @@ use futures::StreamExt;
 use vivarium_api::{CreateRunRequest, ExecEvent, ExecRequest, ImageProgress, NetworkMode};
 use vivarium_client::Client;
 
+mod doctor;
+
 #[derive(Parser)]
 #[command(
     name = "vivarium",
@@ -37,7 +39,9 @@ enum Cmd {
         /// Images, sandboxes' scratch layers, state.db and the generated api-key live here.
         #[arg(long, env = "VIVARIUM_DATA_DIR", default_value = vivarium_server::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
-        /// The static guest agent binary (default: `vivarium-agent` beside this executable).
+        /// The static guest agent binary. Default: the first static one of `vivarium-agent`
+        /// beside this executable, the source checkout's static build, /usr/local/lib/vivarium;
+        /// built with scripts/build-agent.sh when running from a checkout that has none.
         #[arg(long, env = "VIVARIUM_AGENT")]
         agent: Option<PathBuf>,
         /// The OCI runtime.
@@ -62,6 +66,32 @@ enum Cmd {
         /// URL clients reach this runner at, used in `cdp_url` and `vnc_url` (default: http://LISTEN).
         #[arg(long, env = "VIVARIUM_PUBLIC_URL")]
         public_url: Option<String>,
+    },
+    /// Check that this host can run sandboxes; says what is missing and how to fix it.
+    Doctor {
+        #[arg(long, default_value = "crun")]
+        runtime: PathBuf,
+        #[arg(long, env = "VIVARIUM_DATA_DIR", default_value = vivarium_server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, env = "VIVARIUM_AGENT")]
+        agent: Option<PathBuf>,
+    },
+    /// Remove a stopped runner's sandboxes and host objects (nftables table, cgroup parents,
+    /// network namespaces, mounts); with --purge also its data dir (images, state, API key).
+    Uninstall {
+        #[arg(long, env = "VIVARIUM_DATA_DIR", default_value = vivarium_server::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "crun")]
+        runtime: PathBuf,
+        /// The runner's --instance.
+        #[arg(long, default_value = "vivarium")]
+        instance: String,
+        /// The runner's --subnet.
+        #[arg(long, default_value = "10.88.0.0/16")]
+        subnet: String,
+        /// Also delete the data dir.
+        #[arg(long)]
+        purge: bool,
     },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: sandbox, command, file and desktop tools
     /// over the runner at --url / VIVARIUM_URL (the runner also serves MCP over HTTP at /mcp).
@@ -169,11 +199,14 @@ fn kv(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn default_agent_path() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("vivarium-agent")))
-        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/vivarium/vivarium-agent"))
+fn init_logs(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn client(cli: &Cli) -> Client {
@@ -217,13 +250,14 @@ async fn run(cli: Cli) -> Result<i32> {
             let subnet = subnet
                 .parse()
                 .with_context(|| format!("--subnet {subnet:?} is not an IPv4 CIDR"))?;
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logs("info");
+            let exe = std::env::current_exe().context("locating this executable")?;
+            let explicit = agent.clone();
+            let agent_binary = tokio::task::spawn_blocking(move || {
+                vivarium_server::agent_binary::locate_or_build(explicit.as_deref(), &exe)
+            })
+            .await??;
+            tracing::info!(agent = %agent_binary.display(), "guest agent");
             let cfg = vivarium_server::ServeConfig {
                 listen: *listen,
                 api_key: std::env::var("VIVARIUM_API_KEY")
@@ -231,7 +265,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     .filter(|k| !k.is_empty()),
                 runner: vivarium_server::RunnerConfig {
                     data_dir: data_dir.clone(),
-                    agent_binary: agent.clone().unwrap_or_else(default_agent_path),
+                    agent_binary,
                     runtime: runtime.clone(),
                     default_image: default_image.clone(),
                     insecure_registries: insecure_registries.clone(),
@@ -246,15 +280,53 @@ async fn run(cli: Cli) -> Result<i32> {
             vivarium_server::serve(cfg).await?;
             Ok(0)
         }
+        Cmd::Doctor {
+            runtime,
+            data_dir,
+            agent,
+        } => {
+            let checks = doctor::run_checks(&doctor::DoctorConfig {
+                runtime: runtime.clone(),
+                data_dir: data_dir.clone(),
+                agent: agent.clone(),
+            });
+            Ok(doctor::report(&checks))
+        }
+        Cmd::Uninstall {
+            data_dir,
+            runtime,
+            instance,
+            subnet,
+            purge,
+        } => {
+            init_logs("info");
+            let subnet = subnet
+                .parse()
+                .with_context(|| format!("--subnet {subnet:?} is not an IPv4 CIDR"))?;
+            let report = vivarium_server::uninstall::uninstall(
+                &vivarium_server::uninstall::UninstallConfig {
+                    data_dir: data_dir.clone(),
+                    runtime: runtime.clone(),
+                    instance: instance.clone(),
+                    subnet: Some(subnet),
+                    purge: *purge,
+                },
+            )
+            .await?;
+            println!(
+                "removed {} sandbox(es) and the host objects of instance {instance}{}",
+                report.sandboxes.len(),
+                if report.data_dir_removed {
+                    format!("; deleted {}", data_dir.display())
+                } else {
+                    String::new()
+                }
+            );
+            Ok(0)
+        }
         Cmd::Mcp => {
             // stdout carries the protocol: logs go to stderr only.
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logs("warn");
             vivarium_mcp::serve_stdio(client(&cli)).await?;
             Ok(0)
         }

@@ -51,7 +51,8 @@ pub async fn exec(
         .exec(proto)
         .await
         .map_err(|e| agent_error(&s.runner, &id, e))?;
-    let oom_killed = r.signal == Some(9) && s.runner.oom_kills(&id) > oom_before;
+    // Anything the OOM killer killed in the sandbox meanwhile counts (a child of the shell, too).
+    let oom_killed = s.runner.oom_kills(&id) > oom_before;
     Ok(Json(ExecResponse {
         exit_code: r.exit_code,
         signal: r.signal,
@@ -127,7 +128,7 @@ pub async fn exec_stream(
                     signal,
                     timed_out,
                 }))) => {
-                    let oom_killed = signal == Some(9) && runner.oom_kills(&id) > oom_before;
+                    let oom_killed = runner.oom_kills(&id) > oom_before;
                     let line = ndjson(&ExecEvent::Exit {
                         exit_code,
                         signal,

@@ -54,6 +54,32 @@ fn check_path(path: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Paths a request may change: not `/` and nothing under `/.vivarium` (the agent's binary and its
+/// socket live there; removing the socket would cut the sandbox off).
+fn check_mutable(path: &str) -> ApiResult<()> {
+    check_path(path)?;
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    match parts.first() {
+        None => Err(ApiError::invalid("path", "refusing to change /")),
+        Some(&".vivarium") => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("{path} is the sandbox agent's own directory (/.vivarium)"),
+        )
+        .with_field("path")),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Octal mode from `"0644"`, `"644"` or the number 420.
 fn parse_mode(v: Option<&serde_json::Value>) -> ApiResult<Option<u32>> {
     let bad = |m: String| ApiError::invalid("mode", m);
@@ -149,19 +175,46 @@ pub async fn download(
     security(("bearer" = []))
 )]
 /// `PUT /v1/runs/{id}/files?path=/abs/file&mode=0644`: the body becomes the file (parents created,
-/// written to a temporary name and renamed into place, so readers never see half a file).
+/// written to a temporary name and renamed into place, so readers never see half a file). The body
+/// is streamed to the agent, never buffered whole, and may be at most the sandbox's `disk_mib` (or,
+/// without one, what the runner's data directory has free): a larger `Content-Length` is refused
+/// before any byte is read, a longer chunked body when it passes the limit.
 pub async fn upload(
     State(s): AppStateRef,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<FileInfo>)> {
-    check_path(&q.path)?;
+    check_mutable(&q.path)?;
     let mode = q.mode.as_deref().map(parse_mode_str).transpose()?;
     let agent = s.runner.agent(&id)?;
-    let stream = body
-        .into_data_stream()
-        .map(|r| r.map_err(std::io::Error::other));
+    let limit = s.runner.upload_limit(&id)?;
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the file is larger than this sandbox can hold ({limit} bytes: its disk_mib, or the \
+             free space of the runner's data directory)"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut seen = 0u64;
+    let flag = exceeded.clone();
+    let stream = body.into_data_stream().map(move |r| {
+        let chunk = r.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::other("upload larger than the sandbox's disk"));
+        }
+        Ok(chunk)
+    });
     let stat = agent
         .write_file_stream(
             &q.path,
@@ -173,7 +226,20 @@ pub async fn upload(
             stream,
         )
         .await
-        .map_err(|e| agent_error(&s.runner, &id, e))?;
+        .map_err(|e| {
+            let disk_full = matches!(
+                &e,
+                vivarium_proto::client::ClientError::Agent {
+                    code: vivarium_proto::ErrorCode::NoSpace,
+                    ..
+                }
+            );
+            if exceeded.load(std::sync::atomic::Ordering::Relaxed) || disk_full {
+                too_large()
+            } else {
+                agent_error(&s.runner, &id, e)
+            }
+        })?;
     Ok((StatusCode::CREATED, Json(convert::file_info(stat))))
 }
 
@@ -198,7 +264,7 @@ pub async fn write_json(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<WriteFileRequest>,
 ) -> ApiResult<(StatusCode, Json<FileInfo>)> {
-    check_path(&req.path)?;
+    check_mutable(&req.path)?;
     let mode = parse_mode(req.mode.as_ref())?;
     let data = match req.encoding.as_deref().unwrap_or("utf8") {
         "utf8" | "utf-8" | "text" => Bytes::from(req.content.into_bytes()),
@@ -252,10 +318,7 @@ pub async fn remove(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
-    check_path(&q.path)?;
-    if q.path == "/" {
-        return Err(ApiError::invalid("path", "refusing to remove /"));
-    }
+    check_mutable(&q.path)?;
     let recursive = parse_bool("recursive", q.recursive.as_deref())?;
     let agent = s.runner.agent(&id)?;
     agent
@@ -356,7 +419,7 @@ pub async fn mkdir(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<MkdirRequest>,
 ) -> ApiResult<StatusCode> {
-    check_path(&req.path)?;
+    check_mutable(&req.path)?;
     let mode = parse_mode(req.mode.as_ref())?;
     let agent = s.runner.agent(&id)?;
     agent
@@ -382,6 +445,15 @@ mod tests {
             Some("mode")
         );
         assert!(parse_mode(Some(&json!(0o17777))).is_err());
+    }
+
+    #[test]
+    fn mutable_paths() {
+        assert!(check_mutable("/tmp/x").is_ok());
+        assert!(check_mutable("/.vivariumx").is_ok());
+        for bad in ["/", "//", "/.", "/a/..", "/.vivarium", "/.vivarium/run/agent.sock", "/x/../.vivarium/run"] {
+            assert_eq!(check_mutable(bad).unwrap_err().field.as_deref(), Some("path"), "{bad}");
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use vivarium_api::{
-    BuildImageRequest, ErrorBody, Image, ImageList, ImageProgress, ImportImageRequest,
-    PushImageRequest, PushImageResponse,
+    BuildImageRequest, DefaultImageStatus, ErrorBody, Image, ImageList, ImageProgress,
+    ImportImageRequest, PushImageRequest, PushImageResponse,
 };
 use vivarium_image::{ImageStore, PullProgress};
 
@@ -31,6 +31,40 @@ pub async fn list(State(s): AppStateRef) -> ApiResult<Json<ImageList>> {
     Ok(Json(ImageList {
         images: images.iter().map(convert::image).collect(),
     }))
+}
+
+/// The image a create that names none gets, and how far its preparation is (the built-in
+/// desktop image is built and imported on first need; this shows its progress).
+#[utoipa::path(
+    get,
+    path = "/v1/images/default",
+    operation_id = "get_default_image",
+    tag = "images",
+    responses(
+        (status = 200, description = "The default image and its state", body = DefaultImageStatus),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn default_status(State(s): AppStateRef) -> Json<DefaultImageStatus> {
+    Json(s.runner.default_image_status())
+}
+
+/// Prepares the default image now (builds and imports the built-in desktop image if it is not
+/// stored yet) and answers when it is ready, so the first create does not wait for it.
+#[utoipa::path(
+    post,
+    path = "/v1/images/default",
+    operation_id = "prepare_default_image",
+    tag = "images",
+    responses(
+        (status = 200, description = "The default image is ready", body = DefaultImageStatus),
+        (status = 503, description = "It could not be prepared (`default_image_unavailable`; the message says why)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn prepare_default(State(s): AppStateRef) -> ApiResult<Json<DefaultImageStatus>> {
+    s.runner.default_image_reference().await?;
+    Ok(Json(s.runner.default_image_status()))
 }
 
 /// One stored image.

@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{id}", get(runs::get).delete(runs::delete))
         .route("/runs/{id}/timeout", post(runs::set_timeout))
+        .route("/runs/{id}/logs", get(runs::logs))
         .route("/runs/{id}/exec", post(exec::exec))
         .route("/runs/{id}/exec/stream", post(exec::exec_stream))
         .route(
@@ -75,10 +76,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/images/import", post(images::import))
         .route("/images/push", post(images::push))
         .route(
+            "/images/default",
+            get(images::default_status).post(images::prepare_default),
+        )
+        .route(
             "/images/{*reference}",
             get(images::get).delete(images::remove),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(middleware::from_fn(json_errors));
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/health", get(health))
@@ -100,7 +106,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/v1", v1)
         .merge(crate::proxy::router())
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // JSON bodies are small; the raw body of `PUT /files` is streamed (it ignores this limit)
+        // and bounded by the sandbox's disk, the proxy streams too, rmcp caps `/mcp` at 4 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            vivarium_api::limits::MAX_JSON_BODY_BYTES,
+        ))
         .with_state(state)
 }
 
@@ -117,6 +127,51 @@ async fn health() -> Json<vivarium_api::Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
     })
+}
+
+/// axum's own answers (a path or query that does not decode, a body past the limit, a method the
+/// route does not have) are plain text; every `/v1` error is the API's JSON error instead.
+async fn json_errors(req: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        s if s >= 500 => "internal",
+        _ => "invalid_argument",
+    };
+    let mut err = ApiError::new(status, code, message);
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        err = err.with_field("body");
+    }
+    let mut out = err.into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 async fn require_key(State(state): AppStateRef, req: Request, next: Next) -> Response {

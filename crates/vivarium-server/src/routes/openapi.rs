@@ -35,7 +35,10 @@ pub const ACCESS_TOKEN: &str = "access_token";
         description = "The vivarium runner's HTTP API: sandboxes from OCI images, commands, files, \
                        desktop actions, images, and the port proxy. Every `/v1` route except \
                        `/v1/health` and `/v1/openapi.json` needs `Authorization: Bearer <API key>`. \
-                       Errors are always `{\"error\": {\"code\", \"message\", \"field\"?}}`."
+                       Errors are always `{\"error\": {\"code\", \"message\", \"field\"?}}`. \
+                       JSON request bodies are at most 1 MiB (413 `payload_too_large` beyond); \
+                       file contents go as the raw, streamed body of `PUT /v1/runs/{id}/files`, \
+                       bounded by the sandbox's disk; `/mcp` takes up to 4 MiB."
     ),
     paths(
         super::health,
@@ -45,6 +48,7 @@ pub const ACCESS_TOKEN: &str = "access_token";
         runs::get,
         runs::delete,
         runs::set_timeout,
+        runs::logs,
         exec::exec,
         exec::exec_stream,
         exec::spawn,
@@ -68,6 +72,8 @@ pub const ACCESS_TOKEN: &str = "access_token";
         images::import,
         images::push,
         images::get,
+        images::default_status,
+        images::prepare_default,
         images::remove,
         crate::computer::anthropic,
         crate::computer::anthropic_tool_def,
@@ -76,7 +82,7 @@ pub const ACCESS_TOKEN: &str = "access_token";
         crate::proxy::proxy,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&Security, &Aliases, &Mcp, &CommonErrors),
+    modifiers(&Security, &Aliases, &Mcp, &Statuses, &CommonErrors),
     tags(
         (name = "runs", description = "Sandbox lifecycle"),
         (name = "exec", description = "Commands and background processes"),
@@ -288,6 +294,91 @@ impl Modify for Mcp {
         item.get = Some(get);
         item.delete = Some(delete);
         openapi.paths.paths.insert("/mcp".into(), item);
+    }
+}
+
+/// Answers that follow from an operation's shape, added where its annotation does not already
+/// document them, so the document lists every status the runner can give:
+/// - a parameter or a body that does not decode or fails a check: 400;
+/// - a request body: 413 past its limit (JSON: 1 MiB; an upload: the sandbox's disk);
+/// - a sandbox in the path: 404 (no such sandbox) and 409 (it is not running: `failed` with the
+///   reason, or its agent went away);
+/// - a request the sandbox's agent serves: 403 (`permission_denied`), 408 (`timeout`), 503
+///   (`resource_exhausted`) and 507 (`no_space`);
+/// - the port proxy: any other status is the upstream server's own answer.
+struct Statuses;
+
+impl Modify for Statuses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/mcp" {
+                continue;
+            }
+            let sandbox = path.starts_with("/v1/runs/{id}");
+            let agent = path.starts_with("/v1/runs/{id}/")
+                && !["/v1/runs/{id}/timeout", "/v1/runs/{id}/logs"].contains(&path.as_str());
+            let proxy = path.starts_with("/sb/");
+            for_each_operation(item, |op| {
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let has_body = op.request_body.is_some();
+                let r = &mut op.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    r.entry(status.to_string())
+                        .or_insert_with(|| error(description));
+                };
+                if has_params || has_body {
+                    add("400", "A parameter or field is invalid (`error.field` names it)");
+                }
+                if has_body {
+                    add(
+                        "413",
+                        "The request body is too large (`payload_too_large`): JSON bodies are at \
+                         most 1 MiB, uploads at most the sandbox's disk",
+                    );
+                }
+                if sandbox {
+                    add("404", "No such sandbox");
+                    add(
+                        "409",
+                        "The sandbox is not running: `sandbox_failed` (it died; `error.reason` and \
+                         the run's `failure` say why) or `sandbox_unavailable` (its agent does not \
+                         answer)",
+                    );
+                }
+                if agent {
+                    add("403", "The sandbox refused the operation (`permission_denied`)");
+                    add("408", "The operation timed out in the sandbox (`timeout`)");
+                    add(
+                        "503",
+                        "The sandbox is at its process or memory limit (`resource_exhausted`); \
+                         retrying later can succeed",
+                    );
+                    add("507", "The sandbox's disk is full (`no_space`)");
+                }
+                if proxy {
+                    r.entry("default".to_string()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description("The upstream server's own answer (any status)")
+                                .build(),
+                        )
+                    });
+                }
+            });
+        }
     }
 }
 

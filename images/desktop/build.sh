@@ -53,6 +53,7 @@ mmdebstrap --variant=apt --mode=root --arch="$arch" \
     --customize-hook='echo vivarium-desktop > "$1/etc/hostname"' \
     --customize-hook="mkdir -p \"\$1/etc/chromium/policies/managed\" && cp '$here/chromium-policy.json' \"\$1/etc/chromium/policies/managed/vivarium.json\"" \
     --customize-hook="cat '$here/xterm-resources' >> \"\$1/etc/X11/app-defaults/XTerm\"" \
+    --customize-hook='chroot "$1" update-alternatives --quiet --set x-terminal-emulator /usr/bin/lxterminal' \
     "$suite" "$work/rootfs.tar" "$mirror" >&2
 
 mkdir -p "$work/oci/blobs/sha256"

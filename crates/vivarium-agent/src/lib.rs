@@ -16,6 +16,7 @@ pub mod desktop;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod oom;
 pub mod process;
 pub mod procs;
 pub mod reaper;

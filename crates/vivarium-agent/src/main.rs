@@ -14,11 +14,15 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use vivarium_agent::desktop::{self, DesktopService};
+use vivarium_agent::oom;
 use vivarium_agent::process::{signal_group, Spawner};
 use vivarium_agent::procs::ProcessTable;
 use vivarium_agent::reaper::Reaper;
 use vivarium_agent::server::{self, Agent};
 use vivarium_agent::services::{self, ServiceSpec};
+
+/// Threads of tokio's blocking pool (each costs one of the sandbox's pids once made).
+const MAX_BLOCKING_THREADS: usize = 64;
 
 /// Time children get between SIGTERM and SIGKILL when the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -75,8 +79,18 @@ fn main() -> ExitCode {
             tracing::warn!(error = %std::io::Error::last_os_error(), "PR_SET_CHILD_SUBREAPER");
         }
     }
+    // PID 1 outlives its children: the OOM killer must pick them, never the agent.
+    match oom::protect_self() {
+        Ok(score) => tracing::debug!(oom_score_adj = score, "OOM protection"),
+        Err(e) => tracing::warn!(error = %e, "reading/writing /proc/self/oom_score_adj"),
+    }
+    // Blocking-pool threads (file operations, desktop actions) are kept once made: when the
+    // sandbox has used up its pids (a fork bomb), tokio can still queue work on them instead of
+    // failing to make a thread (which panics the caller).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_keep_alive(Duration::from_secs(365 * 24 * 3600))
         .enable_all()
         .build()
     {
@@ -116,6 +130,8 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 async fn run(args: Args, pid1: bool) -> anyhow::Result<()> {
     // The reaper must exist before the first child is spawned.
     let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
+    // One blocking-pool thread now, while threads can still be made (see the runtime setup).
+    let _ = tokio::task::spawn_blocking(|| ()).await;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 

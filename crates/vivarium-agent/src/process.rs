@@ -61,11 +61,10 @@ fn check_abs(path: &str, what: &str) -> Result<()> {
 
 impl Spawner {
     pub fn spawn(&self, spec: &ExecSpec, stdin: StdinMode, output: OutputMode) -> Result<Spawned> {
-        let program = spec
-            .argv
-            .first()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| AgentError::invalid("argv must name a program").with_field("argv"))?;
+        let program =
+            spec.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
+                AgentError::invalid("argv must name a program").with_field("argv")
+            })?;
         let mut cmd = Command::new(program);
         cmd.args(&spec.argv[1..]);
 
@@ -221,36 +220,6 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     match killpg(Pid::from_raw(pgid as i32), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pgid, signal = %sig, error = %e, "killpg failed"),
-    }
-}
-
-/// Kills a process group with SIGKILL when dropped while armed: an exec whose connection goes away
-/// (client cancelled) must not leave its processes behind.
-pub struct GroupGuard {
-    pgid: u32,
-    armed: bool,
-}
-
-impl GroupGuard {
-    pub fn new(pgid: u32) -> Self {
-        GroupGuard { pgid, armed: true }
-    }
-
-    /// The leader has been reaped: the pgid may be reused, never signal it from here on.
-    pub fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            tracing::debug!(
-                pgid = self.pgid,
-                "killing process group of a cancelled exec"
-            );
-            signal_group(self.pgid, Signal::SIGKILL);
-        }
     }
 }
 

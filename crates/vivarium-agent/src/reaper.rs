@@ -115,7 +115,6 @@ impl Reaper {
             }
         }
     }
-
 }
 
 fn dispatch(waiters: &mut HashMap<i32, oneshot::Sender<ExitStatus>>, pid: Pid, status: ExitStatus) {

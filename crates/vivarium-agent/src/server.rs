@@ -4,15 +4,20 @@
 //! request starts a task for its stream, and follow-up frames (stdin, upload chunks, cancel) are
 //! routed to that task. The runner opens one connection per request today; the same loop will
 //! serve a single virtio-serial port in a microVM. When a connection ends, every operation still
-//! running on it is cancelled (a streaming exec's process group is killed, an upload is dropped);
-//! background processes (`spawn`) are not tied to a connection.
+//! running on it is abandoned (an upload is dropped, a wait stops waiting) except execs: their
+//! processes are detached and keep running (see [`crate::procs`]). A `Cancel` frame abandons one
+//! operation and kills an exec's process group. No process is ever tied to a connection.
+//!
+//! Every request gets exactly one final answer: a handler's error becomes an error frame, and so
+//! does a panic in a handler (caught; the agent goes on serving).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -45,6 +50,7 @@ const FOLLOW_QUEUE: usize = 16;
 
 struct StreamEntry {
     follow: Option<mpsc::Sender<(Request, Bytes)>>,
+    /// Cancelled by an explicit `Cancel` frame only (a closed connection is not a cancel).
     cancel: CancellationToken,
 }
 
@@ -101,7 +107,8 @@ where
         }
     });
 
-    let conn_cancel = CancellationToken::new();
+    // Cancelled when the connection ends: its operations are abandoned, its execs detached.
+    let conn_closed = CancellationToken::new();
     let streams: Streams = Arc::default();
     while let Some(item) = source.next().await {
         let frame = match item {
@@ -126,10 +133,10 @@ where
                 break;
             }
         };
-        dispatch(frame, &agent, &streams, &tx, &conn_cancel).await;
+        dispatch(frame, &agent, &streams, &tx, &conn_closed).await;
     }
-    // The peer is gone: cancel everything that was running for it.
-    conn_cancel.cancel();
+    // The peer is gone: abandon everything that was running for it (execs are detached).
+    conn_closed.cancel();
     drop(tx);
     let _ = writer.await;
 }
@@ -139,7 +146,7 @@ async fn dispatch(
     agent: &Arc<Agent>,
     streams: &Streams,
     tx: &mpsc::Sender<Frame<Response>>,
-    conn_cancel: &CancellationToken,
+    conn_closed: &CancellationToken,
 ) {
     let Frame {
         stream,
@@ -165,7 +172,7 @@ async fn dispatch(
             }
         }
         request => {
-            let cancel = conn_cancel.child_token();
+            let cancel = CancellationToken::new();
             let (follow_tx, follow_rx) = match request {
                 Request::ExecStream(_) | Request::WriteFileStream { .. } => {
                     let (t, r) = mpsc::channel(FOLLOW_QUEUE);
@@ -202,14 +209,19 @@ async fn dispatch(
             let agent = Arc::clone(agent);
             let tx = tx.clone();
             let streams = Arc::clone(streams);
+            let conn_closed = conn_closed.clone();
             tokio::spawn(async move {
                 let name = request.name();
-                let run = handle_request(&agent, stream, request, payload, follow_rx, &tx, &cancel);
-                // Dropping `run` on cancellation drops any GroupGuard / PendingWrite inside it,
-                // which kills the exec's process group / removes the partial upload.
+                let run = catch_panic(
+                    name,
+                    handle_request(&agent, stream, request, payload, follow_rx, &tx, &cancel),
+                );
+                // Dropping `run` drops what it holds: a PendingWrite removes the partial upload;
+                // an exec's Attached detaches its process, or kills it if `cancel` fired.
                 let outcome = tokio::select! {
                     r = run => Some(r),
                     _ = cancel.cancelled() => None,
+                    _ = conn_closed.cancelled() => None,
                 };
                 lock(&streams).remove(&stream);
                 match outcome {
@@ -218,9 +230,31 @@ async fn dispatch(
                         tracing::debug!(stream, request = name, error = %e, "request failed");
                         let _ = tx.send(Frame::new(stream, e.into_response())).await;
                     }
-                    None => tracing::debug!(stream, request = name, "request cancelled"),
+                    None => tracing::debug!(stream, request = name, "request abandoned"),
                 }
             });
+        }
+    }
+}
+
+/// Runs a request handler, turning a panic inside it into an internal error (logged), so the
+/// request is still answered and the agent keeps serving.
+async fn catch_panic(
+    name: &'static str,
+    run: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(request = name, panic = %what, "request handler panicked");
+            Err(AgentError::internal(format!(
+                "the agent failed while handling {name}: {what}"
+            )))
         }
     }
 }
@@ -244,13 +278,23 @@ async fn handle_request(
             uptime_ms: agent.started.elapsed().as_millis() as u64,
         })),
         Request::Exec(spec) => {
-            let (done, output) =
-                exec::run_buffered(&agent.spawner, spec, payload, cancel.clone()).await?;
-            Frame::with_payload(stream, Response::ExecDone(done), output)
+            let (done, output, attached) =
+                exec::run_buffered(&agent.procs, &agent.spawner, spec, payload, cancel.clone())
+                    .await?;
+            tx.send(Frame::with_payload(
+                stream,
+                Response::ExecDone(done),
+                output,
+            ))
+            .await
+            .map_err(|_| AgentError::internal("connection closed"))?;
+            attached.answered();
+            return Ok(());
         }
         Request::ExecStream(spec) => {
             let follow = follow.ok_or_else(|| AgentError::internal("no follow channel"))?;
             return exec::run_streaming(
+                &agent.procs,
                 &agent.spawner,
                 stream,
                 spec,
@@ -351,4 +395,27 @@ async fn handle_request(
     tx.send(frame)
         .await
         .map_err(|_| AgentError::internal("connection closed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_an_internal_error() {
+        let r = catch_panic("exec", async {
+            if std::hint::black_box(true) {
+                panic!("boom {}", 42);
+            }
+            Ok(())
+        })
+        .await;
+        let e = r.expect_err("panic must become an error");
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(
+            e.message.contains("exec") && e.message.contains("boom 42"),
+            "{e}"
+        );
+        assert!(catch_panic("info", async { Ok(()) }).await.is_ok());
+    }
 }

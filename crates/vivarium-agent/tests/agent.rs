@@ -302,15 +302,13 @@ async fn streaming_exec_stdin_round_trip() {
     assert!(s.next().await.is_none());
 }
 
-#[tokio::test]
-async fn dropping_a_stream_kills_its_process_group() {
-    let a = Agent::start().await;
+/// Starts `sleep 1000 & echo $!; wait` as a streaming exec; returns it with the sleep's pid.
+async fn stream_with_child(a: &Agent) -> (vivarium_proto::ExecStream, u32) {
     let mut s = a
         .client
         .exec_stream(sh("sleep 1000 & echo $!; wait"))
         .await
         .expect("stream");
-    let leader = s.pid();
     let mut out = Vec::new();
     while !out.ends_with(b"\n") {
         match s.next().await.expect("event").expect("ok") {
@@ -320,10 +318,92 @@ async fn dropping_a_stream_kills_its_process_group() {
         }
     }
     let bg: u32 = String::from_utf8_lossy(&out).trim().parse().expect("pid");
-    assert!(alive(bg) && alive(leader));
+    assert!(alive(bg) && alive(s.pid()));
+    (s, bg)
+}
+
+#[tokio::test]
+async fn cancelling_a_stream_kills_its_process_group() {
+    let a = Agent::start().await;
+    let (s, bg) = stream_with_child(&a).await;
+    let leader = s.pid();
+    s.cancel().await.expect("cancel");
+    eventually("sleep killed after the cancel", || !alive(bg)).await;
+    eventually("leader killed after the cancel", || !alive(leader)).await;
+
+    // `cancel_on_drop`: hanging up is a cancel (what the runner does for an HTTP client).
+    let (mut s, bg) = stream_with_child(&a).await;
+    let leader = s.pid();
+    s.cancel_on_drop();
     drop(s);
-    eventually("sleep killed after the client hung up", || !alive(bg)).await;
-    eventually("leader killed after the client hung up", || !alive(leader)).await;
+    eventually("sleep killed after the drop", || !alive(bg)).await;
+    eventually("leader killed after the drop", || !alive(leader)).await;
+}
+
+/// Issue 8: a dropped connection (the runner died) detaches an exec instead of killing it: it
+/// runs to its end, is listed, and its status and output are fetched with `wait`.
+#[tokio::test]
+async fn dropped_exec_connections_detach_their_processes() {
+    let a = Agent::start().await;
+    let c = &a.client;
+    let marker = a.path("done");
+
+    // Buffered: give up on the answer (drops the connection) while the command runs.
+    let cmd = format!("echo before; sleep 1; echo done > {marker}; echo after; echo err >&2");
+    let mut e = sh(&cmd);
+    e.spec.timeout_ms = Some(60_000);
+    let call = c.exec(e);
+    tokio::pin!(call);
+    let running = async {
+        loop {
+            let listed = c.processes().await.expect("list");
+            if let Some(p) = listed.into_iter().find(|p| p.argv.last() == Some(&cmd)) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let p = tokio::select! {
+        r = &mut call => panic!("exec finished before it was listed: {r:?}"),
+        p = running => p,
+    };
+    assert!(p.running);
+    drop(call);
+    let w = c
+        .wait(p.pid, Some(Duration::from_secs(30)))
+        .await
+        .expect("wait");
+    assert!(!w.running, "{w:?}");
+    assert_eq!(w.exit.expect("exit").exit_code, Some(0));
+    assert_eq!(&w.stdout[..], b"before\nafter\n");
+    assert_eq!(&w.stderr[..], b"err\n");
+    assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "done\n");
+
+    // Streaming: dropped without cancel_on_drop, the process goes on with stdin closed.
+    let (s, bg) = stream_with_child(&a).await;
+    let leader = s.pid();
+    drop(s);
+    let listed = c.processes().await.expect("list");
+    assert!(listed.iter().any(|p| p.pid == leader && p.running));
+    // Still explicitly killable through the process table.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(alive(bg) && alive(leader), "detached stream was killed");
+    c.signal(leader, libc::SIGKILL).await.expect("signal");
+    let w = c
+        .wait(leader, Some(Duration::from_secs(30)))
+        .await
+        .expect("wait");
+    assert_eq!(w.exit.expect("exit").signal, Some(libc::SIGKILL));
+    eventually("group killed by the signal", || !alive(bg)).await;
+
+    // An answered exec is forgotten.
+    let r = c.exec(req(&["echo", "answered"])).await.expect("exec");
+    assert_eq!(r.exit_code, Some(0));
+    let listed = c.processes().await.expect("list");
+    assert!(
+        !listed.iter().any(|p| p.argv == ["echo", "answered"]),
+        "{listed:?}"
+    );
 }
 
 #[tokio::test]
@@ -741,7 +821,11 @@ async fn thousand_concurrent_execs_with_failing_spawns_are_all_answered() {
                 match &e {
                     ClientError::Agent { code, message, .. } => {
                         assert_eq!(*code, ErrorCode::NotFound, "exec {i}: {e}");
-                        let cause = ["/no/such/program", "no-such-program-either", "no-such-user-here"];
+                        let cause = [
+                            "/no/such/program",
+                            "no-such-program-either",
+                            "no-such-user-here",
+                        ];
                         assert!(cause.iter().any(|c| message.contains(c)), "exec {i}: {e}");
                     }
                     other => panic!("exec {i}: expected a typed error, got {other:?}"),
@@ -759,4 +843,77 @@ async fn thousand_concurrent_execs_with_failing_spawns_are_all_answered() {
     a.client.info().await.expect("agent still serving");
     let log = a.log();
     assert!(!log.contains("panicked"), "agent panicked:\n{log}");
+}
+
+/// Issue 8: PID 1 outlives its children: the agent takes the lowest OOM score, every child is
+/// back at the default (so the OOM killer picks them).
+#[tokio::test]
+async fn agent_is_protected_from_the_oom_killer_and_children_are_not() {
+    let a = Agent::start().await;
+    let own = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", a.child.id()))
+        .expect("agent's oom_score_adj");
+    // Root (CAP_SYS_RESOURCE) may lower it; the tests run as root, like the runner.
+    assert_eq!(own.trim(), "-1000");
+    let r = a
+        .client
+        .exec(req(&["cat", "/proc/self/oom_score_adj"]))
+        .await
+        .expect("exec");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0");
+    // Also when the child drops to another user before exec.
+    let mut as_user = req(&["cat", "/proc/self/oom_score_adj"]);
+    as_user.spec.user = Some("65534".into());
+    let r = a.client.exec(as_user).await.expect("exec as 65534");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+/// Issue 8: nothing waits forever on a wedged agent. A stopped (SIGSTOP) agent still accepts
+/// connections (the kernel does), but answers nothing: every call fails with a timeout.
+#[tokio::test]
+async fn a_wedged_agent_gives_timeouts_not_hangs() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use vivarium_proto::client::Deadlines;
+
+    let a = Agent::start().await;
+    let deadlines = Deadlines {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(2),
+        grace: Duration::from_secs(1),
+        probe_interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_secs(1),
+    };
+    let c = a.client.clone().with_deadlines(deadlines);
+    let pid = Pid::from_raw(a.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let outcome = async {
+        let info = c.info().await.expect_err("info of a stopped agent");
+        assert!(
+            matches!(info, ClientError::Timeout { .. }),
+            "info: {info:?}"
+        );
+        let mut e = req(&["true"]);
+        e.spec.timeout_ms = Some(500);
+        let exec = c.exec(e).await.expect_err("exec");
+        assert!(
+            matches!(exec, ClientError::Timeout { .. }),
+            "exec: {exec:?}"
+        );
+        // No timeout of its own: liveness probes end it.
+        let wait = c.wait(1, None).await.expect_err("wait");
+        assert!(
+            matches!(wait, ClientError::Unresponsive { .. }),
+            "wait: {wait:?}"
+        );
+    };
+    // A bound on the test itself, far above the deadlines (never a timing assertion).
+    let r = tokio::time::timeout(Duration::from_secs(120), outcome).await;
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    r.expect("calls to a wedged agent must end");
+    a.client.info().await.expect("answers again after SIGCONT");
 }

@@ -238,15 +238,16 @@ impl AgentClient {
                 format!("{}: {e}", self.socket.display()),
             ))
         };
-        let stream = tokio::time::timeout(self.deadlines.connect, UnixStream::connect(&self.socket))
-            .await
-            .map_err(|_| {
-                wrap(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("not accepted within {:?}", self.deadlines.connect),
-                ))
-            })?
-            .map_err(wrap)?;
+        let stream =
+            tokio::time::timeout(self.deadlines.connect, UnixStream::connect(&self.socket))
+                .await
+                .map_err(|_| {
+                    wrap(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("not accepted within {:?}", self.deadlines.connect),
+                    ))
+                })?
+                .map_err(wrap)?;
         Ok(Framed::new(stream, FrameCodec::new()))
     }
 
@@ -757,12 +758,15 @@ impl ExecStdin {
         if !self.closed {
             self.closed = true;
             let mut sink = self.sink.lock().await;
-            tokio::time::timeout(self.deadline, sink.send(Frame::new(STREAM, Request::StdinClose)))
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    what: "stdin_close",
-                    after: self.deadline,
-                })??;
+            tokio::time::timeout(
+                self.deadline,
+                sink.send(Frame::new(STREAM, Request::StdinClose)),
+            )
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "stdin_close",
+                after: self.deadline,
+            })??;
         }
         Ok(())
     }
@@ -794,10 +798,7 @@ impl ExecEvents {
             .map(|t| t.saturating_duration_since(Instant::now()));
         let client = self.client.clone();
         let events = &mut self.events;
-        let result = match client
-            .bounded("exec_stream", left, recv(events))
-            .await
-        {
+        let result = match client.bounded("exec_stream", left, recv(events)).await {
             Ok(frame) => match frame.msg {
                 Response::Stdout => Ok(ExecEvent::Stdout(frame.payload)),
                 Response::Stderr => Ok(ExecEvent::Stderr(frame.payload)),

@@ -254,7 +254,10 @@ mod tests {
     fn wait_statuses() {
         assert_eq!(ExitStatus::from_wait_status(7 << 8), ExitStatus::Exited(7));
         assert_eq!(ExitStatus::from_wait_status(9), ExitStatus::Signaled(9));
-        assert_eq!(ExitStatus::from_wait_status(0x80 | 11), ExitStatus::Signaled(11));
+        assert_eq!(
+            ExitStatus::from_wait_status(0x80 | 11),
+            ExitStatus::Signaled(11)
+        );
         assert_eq!(ExitStatus::from_wait_status(0), ExitStatus::Exited(0));
     }
 

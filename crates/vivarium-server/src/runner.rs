@@ -589,7 +589,9 @@ impl Runner {
         match std::fs::remove_file(self.log_path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(sandbox = %id, error = %e, "cannot remove the kept console log"),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "cannot remove the kept console log")
+            }
         }
         tracing::info!(sandbox = %id, "sandbox deleted");
         Ok(())

@@ -46,14 +46,16 @@ pub enum UninstallError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no such data dir {0} (pass the runner's --data-dir)")]
+    NoDataDir(PathBuf),
     #[error("{0} sandbox(es) could not be removed; the instance's host objects were kept")]
     Incomplete(usize),
 }
 
 pub async fn uninstall(cfg: &UninstallConfig) -> Result<UninstallReport, UninstallError> {
     let mut report = UninstallReport::default();
-    if !cfg.data_dir.join("state.db").exists() && !cfg.data_dir.join("sandboxes").exists() {
-        tracing::info!(data_dir = %cfg.data_dir.display(), "no runner data here; removing host-wide objects only");
+    if !cfg.data_dir.is_dir() {
+        return Err(UninstallError::NoDataDir(cfg.data_dir.clone()));
     }
     let lock = DataDirLock::acquire(&cfg.data_dir)?;
     let defaults = DriverConfig::default();

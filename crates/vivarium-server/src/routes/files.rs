@@ -211,7 +211,9 @@ pub async fn upload(
         seen += chunk.len() as u64;
         if seen > limit {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(std::io::Error::other("upload larger than the sandbox's disk"));
+            return Err(std::io::Error::other(
+                "upload larger than the sandbox's disk",
+            ));
         }
         Ok(chunk)
     });
@@ -451,8 +453,20 @@ mod tests {
     fn mutable_paths() {
         assert!(check_mutable("/tmp/x").is_ok());
         assert!(check_mutable("/.vivariumx").is_ok());
-        for bad in ["/", "//", "/.", "/a/..", "/.vivarium", "/.vivarium/run/agent.sock", "/x/../.vivarium/run"] {
-            assert_eq!(check_mutable(bad).unwrap_err().field.as_deref(), Some("path"), "{bad}");
+        for bad in [
+            "/",
+            "//",
+            "/.",
+            "/a/..",
+            "/.vivarium",
+            "/.vivarium/run/agent.sock",
+            "/x/../.vivarium/run",
+        ] {
+            assert_eq!(
+                check_mutable(bad).unwrap_err().field.as_deref(),
+                Some("path"),
+                "{bad}"
+            );
         }
     }
 

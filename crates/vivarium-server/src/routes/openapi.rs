@@ -306,7 +306,25 @@ impl Modify for Mcp {
 /// - a request the sandbox's agent serves: 403 (`permission_denied`), 408 (`timeout`), 503
 ///   (`resource_exhausted`) and 507 (`no_space`);
 /// - the port proxy: any other status is the upstream server's own answer.
+///
+/// And a JSON request body whose fields are all optional is not required: an empty body is read as
+/// `{}`.
 struct Statuses;
+
+/// Whether `body` is JSON of a component schema without required fields.
+fn all_optional(
+    body: &utoipa::openapi::request_body::RequestBody,
+    schemas: &std::collections::BTreeMap<String, RefOr<Schema>>,
+) -> bool {
+    let Some(RefOr::T(content)) = body.content.get("application/json") else {
+        return false;
+    };
+    let Some(RefOr::Ref(r)) = &content.schema else {
+        return false;
+    };
+    let name = r.ref_location.rsplit('/').next().unwrap_or_default();
+    matches!(schemas.get(name), Some(RefOr::T(Schema::Object(o))) if o.required.is_empty())
+}
 
 impl Modify for Statuses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -323,6 +341,11 @@ impl Modify for Statuses {
                     .build(),
             )
         };
+        let schemas = openapi
+            .components
+            .as_ref()
+            .map(|c| c.schemas.clone())
+            .unwrap_or_default();
         for (path, item) in openapi.paths.paths.iter_mut() {
             if path == "/mcp" {
                 continue;
@@ -334,13 +357,21 @@ impl Modify for Statuses {
             for_each_operation(item, |op| {
                 let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let has_body = op.request_body.is_some();
+                if let Some(RefOr::T(body)) = op.request_body.as_mut() {
+                    if all_optional(body, &schemas) {
+                        body.required = Some(Required::False);
+                    }
+                }
                 let r = &mut op.responses.responses;
                 let mut add = |status: &str, description: &str| {
                     r.entry(status.to_string())
                         .or_insert_with(|| error(description));
                 };
                 if has_params || has_body {
-                    add("400", "A parameter or field is invalid (`error.field` names it)");
+                    add(
+                        "400",
+                        "A parameter or field is invalid (`error.field` names it)",
+                    );
                 }
                 if has_body {
                     add(
@@ -359,7 +390,10 @@ impl Modify for Statuses {
                     );
                 }
                 if agent {
-                    add("403", "The sandbox refused the operation (`permission_denied`)");
+                    add(
+                        "403",
+                        "The sandbox refused the operation (`permission_denied`)",
+                    );
                     add("408", "The operation timed out in the sandbox (`timeout`)");
                     add(
                         "503",

@@ -47,7 +47,9 @@ impl Runner {
                 self.pidfds().insert(id.to_string(), fd);
             }
             // Already gone (the watcher's cgroup check notices), or no pidfd on this kernel.
-            Err(e) => tracing::debug!(sandbox = %id, pid, error = %e, "no pidfd for the sandbox init"),
+            Err(e) => {
+                tracing::debug!(sandbox = %id, pid, error = %e, "no pidfd for the sandbox init")
+            }
         }
     }
 
@@ -261,7 +263,10 @@ fn failure_of(
         ),
         Some(ExitStatus::Signaled(s)) => (
             FailureReason::Killed,
-            format!("the sandbox's init was killed by signal {s} ({})", signal_name(s)),
+            format!(
+                "the sandbox's init was killed by signal {s} ({})",
+                signal_name(s)
+            ),
             Some(s),
             None,
         ),

@@ -131,7 +131,9 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> ApiResult<()> {
         ));
     }
     for (k, v) in metadata {
-        if k.is_empty() || k.len() > lim::MAX_METADATA_KEY_BYTES || v.len() > lim::MAX_METADATA_VALUE_BYTES
+        if k.is_empty()
+            || k.len() > lim::MAX_METADATA_KEY_BYTES
+            || v.len() > lim::MAX_METADATA_VALUE_BYTES
         {
             return Err(ApiError::invalid(
                 format!("metadata.{k}"),

@@ -44,10 +44,17 @@ pub struct Runner {
     pub subnet: String,
     pub client: Client,
     log: PathBuf,
+    /// Extra environment of the runner process (`start_with_env`).
+    env: Vec<(String, String)>,
 }
 
 impl Runner {
     pub async fn start() -> Runner {
+        Self::start_with_env(&[]).await
+    }
+
+    /// Starts a runner with extra environment variables (e.g. `VIVARIUM_DEFAULT_IMAGE`).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Runner {
         let data_dir = tempfile::Builder::new()
             .prefix("vivarium-test-")
             .tempdir_in("/var/tmp")
@@ -66,6 +73,10 @@ impl Runner {
             subnet,
             client: Client::new(format!("http://127.0.0.1:{port}"), Some(KEY.to_string())),
             log,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         r.spawn().await;
         r
@@ -87,6 +98,7 @@ impl Runner {
             .args(["--instance", &self.instance, "--subnet", &self.subnet])
             .env("VIVARIUM_API_KEY", KEY)
             .env("RUST_LOG", "info,tower_http=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())

@@ -244,8 +244,10 @@ pub struct ExecRequest {
     /// Text written to the process's standard input, which is then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
-    /// Kill the process group after this many seconds (default 60 for `exec`, none for background).
+    /// Kill the process group after this many seconds, 0.001–604800 (default 60 for `exec`, none
+    /// for background).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.001, maximum = 604800.0))]
     pub timeout_s: Option<f64>,
     /// Start in the background and return its pid at once (same as `POST /processes`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -61,10 +61,14 @@ pub fn exec_request(req: &api::ExecRequest, foreground: bool) -> ApiResult<ExecR
     }
     crate::runner::check_env(&req.env)?;
     let timeout_s = match req.timeout_s {
-        Some(t) if !(t.is_finite() && t > 0.0 && t <= api::MAX_TIMEOUT_S as f64) => {
+        // At least a millisecond: the agent counts in whole milliseconds.
+        Some(t) if !(t.is_finite() && (0.001..=api::MAX_TIMEOUT_S as f64).contains(&t)) => {
             return Err(ApiError::invalid(
                 "timeout_s",
-                format!("timeout_s must be > 0 and <= {}", api::MAX_TIMEOUT_S),
+                format!(
+                    "timeout_s must be between 0.001 and {}",
+                    api::MAX_TIMEOUT_S
+                ),
             ));
         }
         Some(t) => Some(t),
@@ -234,7 +238,13 @@ pub fn agent_error(runner: &Runner, id: &str, e: ClientError) -> ApiError {
                 None => e,
             }
         }
-        ClientError::Connect(_) | ClientError::Io(_) => {
+        // A wedged agent: the sandbox did not answer in time.
+        ClientError::Timeout { .. } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "sandbox_timeout",
+            format!("sandbox {id}: {e}"),
+        ),
+        ClientError::Connect(_) | ClientError::Io(_) | ClientError::Unresponsive { .. } => {
             tracing::warn!(sandbox = %id, error = %e, "guest agent not answering");
             // 409 `sandbox_failed` with the reason when the sandbox died, `sandbox_unavailable`
             // while it still runs, 404 once it is gone.

@@ -42,6 +42,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
+    // Every body is an object; serde would also read a struct from an array (`[null, null]`).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid(
+            "body",
+            "the request body must be a JSON object",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
@@ -133,6 +140,15 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("timeout_s"));
         let e = parse_json::<CreateRunRequest>(br#"{"env":{"A":1}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("env.A"));
+    }
+
+    #[test]
+    fn only_objects() {
+        for bad in [&b"[null, null]"[..], b"null", b"5", b"\"x\""] {
+            let e = parse_json::<CreateRunRequest>(bad).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("body"));
+        }
+        assert!(parse_json::<CreateRunRequest>(b" {} ").is_ok());
     }
 
     #[test]

@@ -550,6 +550,22 @@ fn forwarded_https(headers: &HeaderMap) -> bool {
     security(("access_token" = []), ("bearer" = []))
 )]
 async fn proxy(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    // The methods the document lists; anything else (CONNECT, WebDAV's, made-up ones) is a 405,
+    // as for every other route.
+    const METHODS: &str = "GET, PUT, POST, DELETE, OPTIONS, HEAD, PATCH, TRACE";
+    if !METHODS.split(", ").any(|m| m == req.method().as_str()) {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("the port proxy forwards {METHODS}, not {}", req.method()),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::ALLOW,
+            axum::http::HeaderValue::from_static(METHODS),
+        );
+        return resp;
+    }
     match forward(&state, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),

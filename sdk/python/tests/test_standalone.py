@@ -264,11 +264,11 @@ def test_desktop_without_an_image_and_a_terminal_that_draws_every_script(
         assert sbx.info.image == st["reference"]
         assert sbx.get_screen_size()[0] > 0
 
-        sbx.launch("x-terminal-emulator")
+        pid = sbx.launch("x-terminal-emulator")  # the desktop's terminal (LXTerminal)
         deadline = time.monotonic() + 30
         term = None
         while term is None:
-            term = next((w for w in sbx.windows() if w.app.lower() == "lxterminal"), None)
+            term = next((w for w in sbx.windows() if w.pid == pid), None)
             assert time.monotonic() < deadline, f"no terminal window: {sbx.windows()}"
             time.sleep(0.2)
         sbx.left_click(term.x + term.width // 2, term.y + term.height // 2)
@@ -295,7 +295,7 @@ def test_desktop_without_an_image_and_a_terminal_that_draws_every_script(
         deadline = time.monotonic() + 15
         while True:
             png = sbx.screenshot()
-            term = next(w for w in sbx.windows() if w.app.lower() == "lxterminal")
+            term = next(w for w in sbx.windows() if w.pid == pid)
             try:
                 ink = _glyph_cells(png, (term.x, term.y, term.width, term.height))
             except AssertionError:

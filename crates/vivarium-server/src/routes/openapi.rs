@@ -304,7 +304,7 @@ impl Modify for Mcp {
 /// - a sandbox in the path: 404 (no such sandbox) and 409 (it is not running: `failed` with the
 ///   reason, or its agent went away);
 /// - a request the sandbox's agent serves: 403 (`permission_denied`), 408 (`timeout`), 503
-///   (`resource_exhausted`) and 507 (`no_space`);
+///   (`resource_exhausted`), 504 (`sandbox_timeout`: a wedged agent) and 507 (`no_space`);
 /// - the port proxy: any other status is the upstream server's own answer.
 ///
 /// And a JSON request body whose fields are all optional is not required: an empty body is read as
@@ -401,6 +401,10 @@ impl Modify for Statuses {
                          retrying later can succeed",
                     );
                     add("507", "The sandbox's disk is full (`no_space`)");
+                    add(
+                        "504",
+                        "The sandbox's agent did not answer in time (`sandbox_timeout`)",
+                    );
                 }
                 if proxy {
                     r.entry("default".to_string()).or_insert_with(|| {

@@ -15,11 +15,14 @@ cargo fmt --all --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 # Test-only tools, from the registries by name: a Python venv (SDK, its tests, the MCP client, the
-# OpenAPI validator) and playwright-core (never a browser download: tests drive Debian's chromium).
+# OpenAPI validator, schemathesis) and playwright-core (never a browser download: tests drive
+# Debian's chromium).
 venv=/var/tmp/vivarium-test-venv
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q -e 'sdk/python[test]' 'openapi-spec-validator>=0.7,<0.8'
+"$venv/bin/pip" install -q -e 'sdk/python[test]' 'openapi-spec-validator>=0.7,<0.8' \
+  'schemathesis>=4.32,<5'
 export VIVARIUM_OAS_VALIDATOR="$venv/bin/openapi-spec-validator"
+export VIVARIUM_SCHEMATHESIS="$venv/bin/schemathesis"
 export VIVARIUM_TEST_PYTHON="$venv/bin/python"
 command -v npm >/dev/null || apt-get install -y -qq --no-install-recommends npm >/dev/null
 npm ci --no-audit --no-fund --prefix tests/e2e >/dev/null

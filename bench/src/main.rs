@@ -80,7 +80,7 @@ impl Drop for Runner {
         // The benchmark's instance is gone for good: remove its nftables table and cgroup parents
         // (a stopped runner keeps them on purpose, for the sandboxes that outlive it).
         let _ = Command::new("nft")
-            .args(["delete", "table", "ip", BENCH_INSTANCE])
+            .args(["delete", "table", "inet", BENCH_INSTANCE])
             .output();
         for ctrl in [
             "memory", "cpu", "cpuacct", "pids", "freezer", "devices", "unified", "",

@@ -131,8 +131,10 @@ fn dispatch(waiters: &mut HashMap<i32, oneshot::Sender<ExitStatus>>, pid: Pid, s
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn dispatches_statuses_by_pid_and_reaps_orphans() {
+    /// One test: two reapers in one process (tests run concurrently) would steal each other's
+    /// children.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatches_by_pid_and_failed_spawns_never_race_the_reaper() {
         let reaper = Reaper::start().expect("reaper");
         let (_c1, rx1) = reaper
             .spawn(Command::new("sh").args(["-c", "exit 3"]))
@@ -143,13 +145,9 @@ mod tests {
         assert_eq!(rx1.await.expect("status").exit_code, Some(3));
         assert_eq!(rx2.await.expect("status").signal, Some(libc::SIGTERM));
         assert!(reaper.live_children().is_empty());
-    }
 
-    /// A spawn whose exec fails, while other children exit and get reaped all the time, is an
-    /// error, never std's "wait() should either return Ok or panic".
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_spawns_do_not_race_the_reaper() {
-        let reaper = Reaper::start().expect("reaper");
+        // A spawn whose exec fails, while other children exit and get reaped all the time, is an
+        // error, never std's "wait() should either return Ok or panic".
         let mut tasks = Vec::new();
         for i in 0..400 {
             let r = Arc::clone(&reaper);
@@ -158,7 +156,7 @@ mod tests {
                     let (_c, rx) = r.spawn(&mut Command::new("true")).expect("spawn true");
                     assert_eq!(rx.await.expect("status").exit_code, Some(0));
                 } else {
-                    // pre_exec forces std's fork path, which waits for the failed child itself.
+                    // The OOM reset (pre_exec) makes std fork and wait for the failed child itself.
                     let mut cmd = Command::new("/no/such/program");
                     let err = r.spawn(&mut cmd).expect_err("missing program");
                     assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -168,5 +166,6 @@ mod tests {
         for t in tasks {
             t.await.expect("no panic");
         }
+        assert!(reaper.live_children().is_empty());
     }
 }

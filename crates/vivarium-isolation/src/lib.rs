@@ -13,7 +13,7 @@
 //!
 //! Host-wide names derived from [`DriverConfig::cgroup_parent`] (call it the instance name):
 //! cgroups `<ctrl>/<parent>/<id>` (v1) or `<parent>/<id>` (v2), netns `/run/netns/<parent>-<id>`,
-//! nftables table `ip <parent>`. Two driver instances with different parents, state dirs and subnets
+//! nftables table `inet <parent>`. Two driver instances with different parents, state dirs and subnets
 //! do not see each other's sandboxes.
 //!
 //! Nothing here is tied to the runner process: containers run detached in their own session, and a
@@ -345,6 +345,11 @@ impl Inner {
         self.cfg.state_dir.join("runs").join(id)
     }
 
+    /// The instance's nftables table.
+    fn table(&self) -> String {
+        self.cfg.cgroup_parent.replace('-', "_")
+    }
+
     fn netns_name(&self, id: &str) -> String {
         format!("{}-{id}", self.cfg.cgroup_parent)
     }
@@ -470,6 +475,9 @@ impl Inner {
             NetworkMode::Nat => {
                 let plan = self.alloc.allocate(id, None)?;
                 net::create_nat(&ns_name, &plan)?;
+                // Under the firewall's rules before the first packet can pass.
+                net::guard_veth(&self.table(), &plan.veth)?;
+                net::veth_up(&plan.veth)?;
                 (Some(plan.ip), Some(plan.host_ip))
             }
             NetworkMode::None => {
@@ -566,6 +574,7 @@ impl Inner {
         note(net::delete(&self.netns_name(id), None));
         for v in &veths {
             note(net::delete(&self.netns_name(id), Some(v)));
+            note(net::unguard_veth(&self.table(), v));
         }
         note(self.alloc.release(id));
         if dir.exists() {
@@ -657,15 +666,29 @@ impl Driver {
         };
         let version = crun.version()?;
         mkdirs(&[&cfg.state_dir.join("runs"), &crun.root])?;
-        let table = cfg.cgroup_parent.replace('-', "_");
-        net::install_firewall(&table, &cfg.subnet)?;
         for tool in ["ip", "nft"] {
             if Command::new(tool).arg("-V").output().is_err() {
                 return Err(DriverError::Unsupported(format!("{tool} not found")));
             }
         }
-        info!(mode = ?cgroups.mode, runtime = %version, state_dir = %cfg.state_dir.display(), "isolation driver ready");
         let alloc = Allocator::new(cfg.state_dir.join("net"), cfg.subnet);
+        // Rebuilt at every start: the sandboxes that exist now keep their veths guarded.
+        let veths = alloc
+            .entries()
+            .into_iter()
+            .filter_map(|(index, _)| net::plan(&cfg.subnet, index))
+            .map(|p| p.veth)
+            .filter(|v| Path::new("/sys/class/net").join(v).exists())
+            .collect();
+        net::install_firewall(&net::Firewall {
+            table: cfg.cgroup_parent.replace('-', "_"),
+            subnet: cfg.subnet,
+            nameservers: net::nameservers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+            veths,
+        })?;
+        info!(mode = ?cgroups.mode, runtime = %version, state_dir = %cfg.state_dir.display(), "isolation driver ready");
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -761,8 +784,7 @@ impl Driver {
                     "sandboxes still present: {traces:?}"
                 )));
             }
-            let table = inner.cfg.cgroup_parent.replace('-', "_");
-            net::run_tool("nft", &["delete", "table", "ip", &table], None)?;
+            net::remove_firewall(&inner.table())?;
             for dir in inner.cgroups.parent_dirs() {
                 match std::fs::remove_dir(&dir) {
                     Ok(()) => {}

@@ -1,6 +1,7 @@
 //! Sandbox networking: a named network namespace per sandbox, a veth pair with a /30 carved out of
-//! the driver's subnet, and one nftables table per driver instance (NAT egress, no sandbox↔sandbox,
-//! no sandbox→host).
+//! the driver's subnet (IPv4 only: no IPv6 address on either end), and one `inet` nftables table
+//! per driver instance (see [`nft_script`]: NAT egress to the public internet only; no
+//! sandbox→host, sandbox↔sandbox, sandbox→LAN; no forged sources; no IPv6).
 //!
 //! The `ip` and `nft` tools (iproute2, nftables) do the netlink work: they are the reference
 //! implementations, one `ip -batch` process per side costs ~2 ms, and it keeps this crate free of a
@@ -52,31 +53,122 @@ pub fn plan(subnet: &Ipv4Net, index: u32) -> Option<NetPlan> {
     })
 }
 
-/// The nftables script that (re)creates table `table` atomically. Idempotent: the table is created
-/// if missing, deleted and rebuilt in the same transaction.
-pub fn nft_script(table: &str, subnet: &Ipv4Net) -> String {
+/// IPv4 destinations a sandbox never reaches (besides the host itself, which the input chain
+/// guards, and the sandbox subnet): "this network", RFC 1918 private networks, carrier-grade NAT
+/// (RFC 6598, where cloud and ISP internal services live), loopback, link-local (cloud metadata
+/// services at 169.254.169.254 among them), IETF protocol assignments, 6to4 relays, benchmarking,
+/// multicast and the reserved/broadcast block. The documentation ranges (TEST-NET-1..3) are public
+/// space that is never routed, so they are left alone.
+pub const DENIED_V4: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// What the instance's nftables table is built from.
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    /// `inet` table name (the instance name with `-` as `_`).
+    pub table: String,
+    pub subnet: Ipv4Net,
+    /// Resolvers sandboxes may reach on port 53 although they are in a denied range (the host's
+    /// `/etc/resolv.conf` often names one on the LAN).
+    pub nameservers: Vec<Ipv4Addr>,
+    /// Host-side veths of the sandboxes that exist now (the table is rebuilt at every start).
+    pub veths: Vec<String>,
+}
+
+/// The nftables script that (re)creates the instance's table atomically. Idempotent: the table is
+/// created if missing, deleted and rebuilt in the same transaction (an `ip`-family table of an
+/// older version goes too).
+///
+/// Every rule about sandbox traffic matches the *interface* it arrives on or leaves by (the set
+/// `veths`, one element per sandbox, added at create), never a source address alone, which a
+/// sandbox holding CAP_NET_RAW could forge. In the `inet` family one table covers IPv4 and IPv6:
+/// - input: a sandbox reaches no address of the host, IPv4 or IPv6 (replies to connections the
+///   host opened excepted);
+/// - forward: no IPv6 at all; a packet whose source is not its sandbox's own address (the source
+///   must route back through the veth it came in on) is dropped; DNS to the host's resolvers is
+///   let through; then every private, link-local, loopback, multicast and reserved range and every
+///   other sandbox is dropped: what is left is the public internet, NATed;
+/// - nothing reaches a sandbox from outside but replies.
+pub fn nft_script(fw: &Firewall) -> String {
+    let Firewall {
+        table,
+        subnet,
+        nameservers,
+        veths,
+    } = fw;
+    let quoted: Vec<String> = veths.iter().map(|v| format!("\"{v}\"")).collect();
+    let veth_elements = if quoted.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", quoted.join(", "))
+    };
+    let dns_rule = if nameservers.is_empty() {
+        String::new()
+    } else {
+        let ns: Vec<String> = nameservers.iter().map(|a| a.to_string()).collect();
+        format!(
+            "\t\tiifname @veths ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept\n",
+            ns.join(", ")
+        )
+    };
+    let denied = DENIED_V4.join(", ");
     format!(
         "table ip {table}\n\
          delete table ip {table}\n\
-         table ip {table} {{\n\
+         table inet {table}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n\
+         \tset veths {{ type ifname;{veth_elements} }}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {subnet} ip daddr != {subnet} masquerade\n\
          \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tip saddr {subnet} ip daddr {subnet} drop\n\
-         \t\tip saddr {subnet} ip daddr 169.254.0.0/16 drop\n\
-         \t\tip daddr {subnet} ct state established,related accept\n\
-         \t\tip daddr {subnet} drop\n\
-         \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
-         \t\tip saddr {subnet} ct state established,related accept\n\
-         \t\tip saddr {subnet} drop\n\
+         \t\tiifname @veths meta nfproto ipv6 drop\n\
+         \t\tiifname @veths ct state established,related accept\n\
+         \t\tiifname @veths drop\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname @veths meta nfproto ipv6 drop\n\
+         \t\tiifname @veths ip saddr != {subnet} drop\n\
+         \t\tiifname @veths fib saddr . iif oif missing drop\n\
+         {dns_rule}\
+         \t\tiifname @veths ip daddr {{ {denied} }} drop\n\
+         \t\tiifname @veths ip daddr {subnet} drop\n\
+         \t\toifname @veths ct state established,related accept\n\
+         \t\toifname @veths drop\n\
          \t}}\n\
          }}\n"
     )
+}
+
+/// IPv4 resolvers named by a resolv.conf (loopback ones are useless inside a sandbox).
+pub fn nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            match (it.next(), it.next()) {
+                (Some("nameserver"), Some(a)) => a.parse::<Ipv4Addr>().ok(),
+                _ => None,
+            }
+        })
+        .filter(|a| !a.is_loopback())
+        .collect()
 }
 
 /// Runs `prog args`, feeding `stdin`, and fails with its stderr on a non-zero exit.
@@ -112,10 +204,37 @@ pub fn run_tool(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Dr
 }
 
 /// Installs the nftables table and turns on IPv4 forwarding.
-pub fn install_firewall(table: &str, subnet: &Ipv4Net) -> Result<(), DriverError> {
-    run_tool("nft", &["-f", "-"], Some(&nft_script(table, subnet)))?;
+pub fn install_firewall(fw: &Firewall) -> Result<(), DriverError> {
+    run_tool("nft", &["-f", "-"], Some(&nft_script(fw)))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| io_err("enable /proc/sys/net/ipv4/ip_forward".into(), e))
+}
+
+/// Puts a sandbox's host-side veth under the table's rules. Done before the veth is up.
+pub fn guard_veth(table: &str, veth: &str) -> Result<(), DriverError> {
+    let script = format!("add element inet {table} veths {{ \"{veth}\" }}\n");
+    run_tool("nft", &["-f", "-"], Some(&script))
+}
+
+/// Removes a deleted sandbox's veth from the table's set (missing: fine).
+pub fn unguard_veth(table: &str, veth: &str) -> Result<(), DriverError> {
+    let script = format!("delete element inet {table} veths {{ \"{veth}\" }}\n");
+    match run_tool("nft", &["-f", "-"], Some(&script)) {
+        Err(DriverError::Command { stderr, .. })
+            if stderr.contains("No such file") || stderr.contains("does not exist") =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Removes the instance's table (both the current `inet` one and an `ip` one of older versions).
+pub fn remove_firewall(table: &str) -> Result<(), DriverError> {
+    let script = format!(
+        "table ip {table}\ndelete table ip {table}\ntable inet {table}\ndelete table inet {table}\n"
+    );
+    run_tool("nft", &["-f", "-"], Some(&script))
 }
 
 /// Path of a named network namespace.
@@ -131,17 +250,20 @@ pub fn create_isolated(name: &str) -> Result<(), DriverError> {
 
 /// Creates netns `name`, a veth pair into it and the addresses/routes of `plan`.
 pub fn create_nat(name: &str, plan: &NetPlan) -> Result<(), DriverError> {
+    // No IPv6 on either end (`addrgenmode none`: no link-local address is ever made), so nothing
+    // inside can reach the host's `[::]` listeners over the veth even before nftables looks.
     let host = format!(
         "netns add {name}\n\
          link add {veth} type veth peer name eth0 netns {name}\n\
-         addr add {hip}/30 dev {veth}\n\
-         link set {veth} up\n",
+         link set {veth} addrgenmode none\n\
+         addr add {hip}/30 dev {veth}\n",
         veth = plan.veth,
         hip = plan.host_ip,
     );
     run_tool("ip", &["-batch", "-"], Some(&host))?;
     let inner = format!(
         "link set lo up\n\
+         link set eth0 addrgenmode none\n\
          addr add {ip}/30 dev eth0\n\
          link set eth0 up\n\
          route add default via {hip}\n",
@@ -149,6 +271,11 @@ pub fn create_nat(name: &str, plan: &NetPlan) -> Result<(), DriverError> {
         hip = plan.host_ip,
     );
     run_tool("ip", &["-n", name, "-batch", "-"], Some(&inner))
+}
+
+/// Brings the host side of a sandbox's veth up (after [`guard_veth`]).
+pub fn veth_up(veth: &str) -> Result<(), DriverError> {
+    run_tool("ip", &["link", "set", veth, "up"], None)
 }
 
 /// Deletes netns `name` (the veth peer inside goes with it) and the host veth if it is still
@@ -287,14 +414,82 @@ mod tests {
         assert_eq!(capacity(&tiny), 0);
     }
 
+    fn firewall(veths: &[&str], ns: &[Ipv4Addr]) -> Firewall {
+        Firewall {
+            table: "vvunit".into(),
+            subnet: "10.88.0.0/16".parse().unwrap(),
+            nameservers: ns.to_vec(),
+            veths: veths.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
     #[test]
-    fn nft_script_mentions_rules() {
-        let s: Ipv4Net = "10.88.0.0/16".parse().unwrap();
-        let t = nft_script("vivarium", &s);
-        assert!(t.starts_with("table ip vivarium\ndelete table ip vivarium\n"));
+    fn nft_script_guards_interfaces_both_families() {
+        let t = nft_script(&firewall(&["vv0a580001"], &[Ipv4Addr::new(192, 168, 1, 1)]));
+        assert!(t.starts_with("table ip vvunit\ndelete table ip vvunit\n"));
+        assert!(t.contains("table inet vvunit {"));
+        assert!(t.contains(r#"set veths { type ifname; elements = { "vv0a580001" }; }"#));
         assert!(t.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
-        assert!(t.contains("ip saddr 10.88.0.0/16 ip daddr 10.88.0.0/16 drop"));
-        assert!(t.contains("ip saddr 10.88.0.0/16 ct state established,related accept"));
+        // Input and forward: no IPv6, nothing to the host, no forged source, no private range.
+        assert_eq!(
+            t.matches("iifname @veths meta nfproto ipv6 drop").count(),
+            2
+        );
+        assert!(t.contains("iifname @veths fib saddr . iif oif missing drop"));
+        assert!(t.contains("iifname @veths ip saddr != 10.88.0.0/16 drop"));
+        assert!(t.contains(
+            "iifname @veths ip daddr { 192.168.1.1 } meta l4proto { tcp, udp } th dport 53 accept"
+        ));
+        for range in DENIED_V4 {
+            assert!(t.contains(range), "{range}");
+        }
+        // The resolver exception comes before the private-range drop.
+        assert!(t.find("dport 53 accept").unwrap() < t.find("10.0.0.0/8").unwrap());
+    }
+
+    #[test]
+    fn nameservers_skip_loopback_and_ipv6() {
+        let r = "# x\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nnameserver fd00::1\nsearch a\n";
+        assert_eq!(nameservers(r), vec![Ipv4Addr::new(10, 0, 0, 2)]);
+    }
+
+    /// The kernel's own parser checks the script (`nft --check`: nothing is installed).
+    #[test]
+    fn nft_accepts_the_script() {
+        if !nix::unistd::geteuid().is_root() || Command::new("nft").arg("-V").output().is_err() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "needs root and nft (scripts/setup.sh)"
+            );
+            return;
+        }
+        for (veths, ns) in [
+            (vec![], vec![]),
+            (
+                vec!["vv0a580001", "vv0a580005"],
+                vec![Ipv4Addr::new(10, 255, 255, 53)],
+            ),
+        ] {
+            let script = nft_script(&firewall(&veths, &ns));
+            let mut child = Command::new("nft")
+                .args(["--check", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     #[test]

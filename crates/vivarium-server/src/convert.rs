@@ -65,10 +65,7 @@ pub fn exec_request(req: &api::ExecRequest, foreground: bool) -> ApiResult<ExecR
         Some(t) if !(t.is_finite() && (0.001..=api::MAX_TIMEOUT_S as f64).contains(&t)) => {
             return Err(ApiError::invalid(
                 "timeout_s",
-                format!(
-                    "timeout_s must be between 0.001 and {}",
-                    api::MAX_TIMEOUT_S
-                ),
+                format!("timeout_s must be between 0.001 and {}", api::MAX_TIMEOUT_S),
             ));
         }
         Some(t) => Some(t),
@@ -231,6 +228,14 @@ pub fn agent_error(runner: &Runner, id: &str, e: ClientError) -> ApiError {
                 ErrorCode::Internal | ErrorCode::Unknown => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
+            };
+            // "Not found" of something a request field names (the program of `argv`, `cwd`, a
+            // `user`, a window `id`) is a bad request: the addressed resource itself exists.
+            let status = match (code, field.as_deref()) {
+                (ErrorCode::NotFound, Some("argv" | "cwd" | "user" | "app" | "id")) => {
+                    StatusCode::BAD_REQUEST
+                }
+                _ => status,
             };
             let e = ApiError::new(status, c, message);
             match field {

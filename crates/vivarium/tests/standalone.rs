@@ -117,7 +117,7 @@ async fn uninstall_removes_a_stopped_runners_sandboxes_and_host_objects() {
     assert_eq!(r.host_traces(&ids), Vec::<String>::new(), "{text}");
     let table = r.instance.replace('-', "_");
     let nft = Command::new("nft")
-        .args(["list", "table", "ip", &table])
+        .args(["list", "table", "inet", &table])
         .output()
         .unwrap();
     assert!(

@@ -150,7 +150,7 @@ def runner() -> Iterator[Runner]:
         shutil.rmtree(data_dir, ignore_errors=True)
         # A stopped runner keeps its nftables table and cgroup parents (its sandboxes outlive it);
         # this instance is gone for good, so remove them as well.
-        subprocess.run(["nft", "delete", "table", "ip", instance], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "inet", instance], capture_output=True)
         for ctrl in ("memory", "cpu", "cpuacct", "pids", "freezer", "devices", "unified", ""):
             try:
                 (Path("/sys/fs/cgroup") / ctrl / instance).rmdir()

@@ -127,7 +127,7 @@ def standalone() -> Iterator[Standalone]:
         pytest.fail(f"{binary} not found: run `cargo build --release` (scripts/test.sh does)")
     # The default instance owns the nftables table `vivarium`: another runner using it (a quick
     # start on this machine) would have its sandboxes treated as this runner's leftovers.
-    if subprocess.run(["nft", "list", "table", "ip", "vivarium"], capture_output=True).returncode == 0:
+    if subprocess.run(["nft", "list", "table", "inet", "vivarium"], capture_output=True).returncode == 0:
         pytest.fail("a runner with the default instance name is active on this host; stop it (or `vivarium uninstall`) first")
     data_dir = Path(tempfile.mkdtemp(prefix="vivarium-standalone-", dir="/var/tmp"))
     port = _free_port()
@@ -182,7 +182,7 @@ def standalone() -> Iterator[Standalone]:
         shutil.rmtree(data_dir, ignore_errors=True)
         log.unlink(missing_ok=True)
         assert out.returncode == 0, f"vivarium uninstall failed: {out.stderr}"
-        assert subprocess.run(["nft", "list", "table", "ip", "vivarium"], capture_output=True).returncode != 0
+        assert subprocess.run(["nft", "list", "table", "inet", "vivarium"], capture_output=True).returncode != 0
 
 
 def test_found_a_static_agent_and_keeps_the_key_out_of_the_log(standalone: Standalone) -> None:

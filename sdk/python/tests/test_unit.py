@@ -44,6 +44,43 @@ def test_errors_map_by_code_then_status() -> None:
         assert issubclass(cls, vivarium.VivariumError)
 
 
+def test_failed_sandbox_error_names_its_reason() -> None:
+    body = (
+        b'{"error":{"code":"sandbox_failed","reason":"oom_killed",'
+        b'"message":"sandbox abc is failed (oom_killed) since ...: the kernel OOM killer killed"}}'
+    )
+    e = error_from_body(409, body)
+    assert isinstance(e, vivarium.SandboxFailedError)
+    assert isinstance(e, vivarium.ConflictError)
+    assert e.reason == "oom_killed" and e.status == 409
+    assert "oom_killed" in str(e)
+    big = error_from_body(413, b'{"error":{"code":"payload_too_large","message":"too big"}}')
+    assert isinstance(big, vivarium.PayloadTooLargeError)
+    info = vivarium.SandboxInfo.from_json(
+        {
+            "id": "abc",
+            "state": "failed",
+            "failure": {
+                "reason": "killed",
+                "message": "killed by signal 9",
+                "at": "2026-01-01T00:00:00Z",
+                "signal": 9,
+            },
+            "on_failure": "keep",
+        }
+    )
+    assert info.failure is not None and info.failure.reason == "killed"
+    assert info.failure.signal == 9 and info.on_failure == "keep"
+    try:
+        parse_event(
+            '{"type":"error","error":{"code":"sandbox_failed","reason":"killed","message":"x"}}'
+        )
+    except vivarium.SandboxFailedError as err:
+        assert err.reason == "killed"
+    else:
+        raise AssertionError("an error event must raise")
+
+
 def test_stream_error_event_raises() -> None:
     assert parse_event("  ") is None
     assert parse_event('{"type":"stdout","data":"x"}') == {"type": "stdout", "data": "x"}

@@ -149,7 +149,7 @@ type ExecEvent =
   | { type: "stdout"; data: string }
   | { type: "stderr"; data: string }
   | { type: "exit"; exit_code: number | null; signal: number | null; timed_out: boolean; oom_killed: boolean }
-  | { type: "error"; error: { code: string; message: string; field?: string | null } };
+  | { type: "error"; error: { code: string; message: string; field?: string | null; reason?: string | null } };
 
 export class Commands {
   constructor(
@@ -221,7 +221,13 @@ export class Commands {
           return r;
         }
         case "error":
-          throw errorFromCode(undefined, ev.error.code, ev.error.message, ev.error.field ?? undefined);
+          throw errorFromCode(
+            undefined,
+            ev.error.code,
+            ev.error.message,
+            ev.error.field ?? undefined,
+            ev.error.reason ?? undefined,
+          );
         default:
           break;
       }

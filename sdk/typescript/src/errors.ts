@@ -54,9 +54,26 @@ export class TimeoutError extends VivariumError {
 /** The request conflicts with the current state (HTTP 409, e.g. `already_exists`). */
 export class ConflictError extends VivariumError {}
 
+/**
+ * The sandbox died on its own (HTTP 409 `sandbox_failed`): `reason` is its `failure.reason`,
+ * `oom_killed` (past its memory limit), `killed` (by a signal), `exited` or `lost` (it stopped while
+ * the runner was not running). `sandbox.getInfo()` has the details in `failure`.
+ */
+export class SandboxFailedError extends ConflictError {
+  readonly reason: string | undefined;
+
+  constructor(message: string, options: VivariumErrorOptions & { reason?: string } = {}) {
+    super(message, options);
+    this.reason = options.reason;
+  }
+}
+
+/** The request body is past its limit (HTTP 413): JSON bodies 1 MiB, uploads the sandbox's disk. */
+export class PayloadTooLargeError extends InvalidArgumentError {}
+
 /** The shape of every error body the runner sends: `{"error": {"code", "message", "field"?}}`. */
 interface ErrorBody {
-  error: { code: string; message: string; field?: string | null };
+  error: { code: string; message: string; field?: string | null; reason?: string | null };
 }
 
 function isErrorBody(v: unknown): v is ErrorBody {
@@ -76,11 +93,16 @@ export function errorFromCode(
   code: string | undefined,
   message: string,
   field?: string,
+  reason?: string,
 ): VivariumError {
   const opts: VivariumErrorOptions = { status, code, field };
   const text = field ? `${code ?? "error"} (${field}): ${message}` : `${code ?? "error"}: ${message}`;
   if (status === 401 || code === "unauthorized") return new AuthenticationError(text, opts);
-  if (code === "timeout" || status === 408 || status === 504) return new TimeoutError(text, opts);
+  if (code === "sandbox_failed") return new SandboxFailedError(text, { ...opts, reason });
+  if (code === "payload_too_large" || status === 413) return new PayloadTooLargeError(text, opts);
+  if (code === "timeout" || code === "sandbox_timeout" || status === 408 || status === 504) {
+    return new TimeoutError(text, opts);
+  }
   if (status === 404 || code === "not_found" || code === "image_not_found") {
     return new NotFoundError(text, opts);
   }
@@ -102,7 +124,13 @@ export function errorFromResponse(status: number, bodyText: string): VivariumErr
     parsed = undefined;
   }
   if (isErrorBody(parsed)) {
-    return errorFromCode(status, parsed.error.code, parsed.error.message, parsed.error.field ?? undefined);
+    return errorFromCode(
+      status,
+      parsed.error.code,
+      parsed.error.message,
+      parsed.error.field ?? undefined,
+      parsed.error.reason ?? undefined,
+    );
   }
   const snippet = bodyText.length > 500 ? `${bodyText.slice(0, 500)}…` : bodyText;
   return errorFromCode(status, undefined, `HTTP ${status} from the runner: ${snippet || "(empty body)"}`);

@@ -31,6 +31,8 @@ export {
   InvalidArgumentError,
   TimeoutError,
   ConflictError,
+  SandboxFailedError,
+  PayloadTooLargeError,
   errorFromCode,
   errorFromResponse,
 } from "./errors.js";
@@ -39,6 +41,7 @@ export { ConnectionConfig, DEFAULT_URL, URL_ENV, KEY_ENV } from "./http.js";
 export type { ConnectionOptions } from "./http.js";
 export type {
   SandboxInfo,
+  SandboxFailure,
   CommandResult,
   ProcessInfo,
   EntryInfo,

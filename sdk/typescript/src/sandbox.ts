@@ -27,6 +27,11 @@ export interface SandboxOptions extends ConnectionOptions {
   memMib?: number;
   /** Cap on the sandbox's writable layer. */
   diskMib?: number;
+  /**
+   * When the sandbox dies on its own (e.g. OOM-killed): `keep` (default) keeps it as `failed` with
+   * its `failure` until deleted or expired; `delete` removes it at once.
+   */
+  onFailure?: "keep" | "delete";
   /** Seconds until the runner deletes the sandbox (default 300); extend with `setTimeout`. */
   timeout?: number;
   /** Labels; `Sandbox.list({metadata})` filters on them. */
@@ -119,6 +124,7 @@ export class Sandbox {
     if (opts.vcpus !== undefined) body["vcpus"] = opts.vcpus;
     if (opts.memMib !== undefined) body["mem_mib"] = opts.memMib;
     if (opts.diskMib !== undefined) body["disk_mib"] = opts.diskMib;
+    if (opts.onFailure !== undefined) body["on_failure"] = opts.onFailure;
     if (opts.timeout !== undefined) body["timeout_s"] = opts.timeout;
     if (opts.metadata && Object.keys(opts.metadata).length > 0) body["metadata"] = opts.metadata;
     if (opts.envs && Object.keys(opts.envs).length > 0) body["env"] = opts.envs;

@@ -3,7 +3,7 @@
 /** `Run` as the API sends it. */
 export interface RunWire {
   id: string;
-  state: "creating" | "running" | "deleting";
+  state: "creating" | "running" | "deleting" | "failed";
   image: string;
   image_digest: string;
   vcpus: number;
@@ -20,12 +20,33 @@ export interface RunWire {
   desktop?: { width: number; height: number } | null;
   cdp_url?: string | null;
   vnc_url?: string | null;
+  failure?: FailureWire | null;
+  on_failure?: "keep" | "delete";
+}
+
+/** `Failure` as the API sends it. */
+export interface FailureWire {
+  reason: "oom_killed" | "killed" | "exited" | "lost";
+  message: string;
+  at: string;
+  signal?: number | null;
+  exit_code?: number | null;
+}
+
+/** Why a `failed` sandbox died. */
+export interface SandboxFailure {
+  /** `oom_killed` (past its memory limit), `killed` (`signal`), `exited` (`exitCode`), `lost`. */
+  reason: "oom_killed" | "killed" | "exited" | "lost";
+  message: string;
+  at: Date;
+  signal?: number;
+  exitCode?: number;
 }
 
 /** A sandbox as the SDK shows it. */
 export interface SandboxInfo {
   sandboxId: string;
-  state: "creating" | "running" | "deleting";
+  state: "creating" | "running" | "deleting" | "failed";
   image: string;
   imageDigest: string;
   vcpus: number;
@@ -46,6 +67,10 @@ export interface SandboxInfo {
   desktop?: { width: number; height: number };
   cdpUrl?: string;
   vncUrl?: string;
+  /** `state: "failed"`: why the sandbox died. */
+  failure?: SandboxFailure;
+  /** What the runner does when the sandbox dies on its own: `keep` (default) or `delete`. */
+  onFailure: "keep" | "delete";
 }
 
 export function sandboxInfo(r: RunWire): SandboxInfo {
@@ -63,7 +88,14 @@ export function sandboxInfo(r: RunWire): SandboxInfo {
     endAt: new Date(r.expires_at),
     oomKills: r.oom_kills ?? 0,
     accessToken: r.access_token ?? "",
+    onFailure: r.on_failure ?? "keep",
   };
+  if (r.failure != null) {
+    const f: SandboxFailure = { reason: r.failure.reason, message: r.failure.message, at: new Date(r.failure.at) };
+    if (r.failure.signal != null) f.signal = r.failure.signal;
+    if (r.failure.exit_code != null) f.exitCode = r.failure.exit_code;
+    info.failure = f;
+  }
   if (r.disk_mib != null) info.diskMib = r.disk_mib;
   if (r.ip != null) info.ip = r.ip;
   if (r.desktop != null) info.desktop = { width: r.desktop.width, height: r.desktop.height };

@@ -166,7 +166,7 @@ export class Runner {
     // A stopped runner keeps its nftables table and cgroup parents (its sandboxes outlive it);
     // this instance is gone for good, so remove them as well.
     try {
-      execFileSync("nft", ["delete", "table", "ip", this.instance], { stdio: "ignore" });
+      execFileSync("nft", ["delete", "table", "inet", this.instance], { stdio: "ignore" });
     } catch {
       // no table: nothing to remove
     }

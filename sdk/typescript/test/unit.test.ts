@@ -9,10 +9,13 @@ import {
   ConnectionConfig,
   InvalidArgumentError,
   NotFoundError,
+  PayloadTooLargeError,
+  SandboxFailedError,
   TimeoutError,
   VivariumError,
   errorFromResponse,
 } from "../src/index.js";
+import { sandboxInfo, type RunWire } from "../src/types.js";
 import { ndjsonLines } from "../src/http.js";
 
 const body = (code: string, message: string, field?: string) =>
@@ -39,6 +42,36 @@ test("runner error bodies map to their classes with code, field and message", ()
   assert.equal(odd.constructor, VivariumError);
   assert.match(odd.message, /HTTP 502.*bad gateway/);
   assert.ok(errorFromResponse(404, "") instanceof NotFoundError);
+});
+
+test("a failed sandbox's errors and info name the failure's reason", () => {
+  const failed = errorFromResponse(
+    409,
+    JSON.stringify({ error: { code: "sandbox_failed", reason: "oom_killed", message: "sandbox x is failed" } }),
+  );
+  assert.ok(failed instanceof SandboxFailedError && failed instanceof ConflictError);
+  assert.equal((failed as SandboxFailedError).reason, "oom_killed");
+  assert.ok(errorFromResponse(413, body("payload_too_large", "too big", "body")) instanceof PayloadTooLargeError);
+  const wire = {
+    id: "x",
+    state: "failed",
+    image: "i",
+    image_digest: "d",
+    vcpus: 1,
+    mem_mib: 64,
+    network: "nat",
+    env: {},
+    metadata: {},
+    created_at: "2026-01-01T00:00:00Z",
+    expires_at: "2026-01-01T00:05:00Z",
+    failure: { reason: "killed", message: "killed by signal 9", at: "2026-01-01T00:01:00Z", signal: 9 },
+    on_failure: "keep",
+  } satisfies RunWire;
+  const info = sandboxInfo(wire);
+  assert.equal(info.state, "failed");
+  assert.equal(info.failure?.reason, "killed");
+  assert.equal(info.failure?.signal, 9);
+  assert.equal(info.onFailure, "keep");
 });
 
 test("connection settings come from options, then the environment, then defaults", () => {

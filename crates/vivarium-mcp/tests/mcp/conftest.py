@@ -119,7 +119,7 @@ def runner():
             log.close()
             # A stopped runner keeps its instance's nftables table and cgroup parents (a restart
             # adopts them); this instance is gone for good, so remove them.
-            subprocess.run(["nft", "delete", "table", "ip", instance], capture_output=True)
+            subprocess.run(["nft", "delete", "table", "inet", instance], capture_output=True)
             for parent in Path("/sys/fs/cgroup").glob(f"*/{instance}"):
                 try:
                     parent.rmdir()

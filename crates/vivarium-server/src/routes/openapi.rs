@@ -980,6 +980,76 @@ mod tests {
     }
 
     #[test]
+    fn statuses_follow_from_each_operations_shape() {
+        let doc = doc_json();
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            if path == "/mcp" {
+                continue;
+            }
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                let mut want = Vec::new();
+                if op.get("requestBody").is_some() {
+                    want.extend(["400", "413"]);
+                }
+                if path.starts_with("/v1/runs/{id}") {
+                    want.extend(["404", "409"]);
+                }
+                for s in want {
+                    if !responses.contains_key(s) {
+                        missing.push(format!("{method} {path}: {s}"));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+        // The metadata filter is documented as the runner reads it.
+        let p = &doc["paths"]["/v1/runs"]["get"]["parameters"][0];
+        assert_eq!(
+            (&p["name"], &p["style"], &p["explode"]),
+            (&"metadata".into(), &"deepObject".into(), &true.into())
+        );
+        // All-optional bodies may be left out; others may not.
+        assert_eq!(
+            doc["paths"]["/v1/runs"]["post"]["requestBody"]["required"],
+            false
+        );
+        assert_eq!(
+            doc["paths"]["/v1/runs/{id}/exec"]["post"]["requestBody"]["required"],
+            true
+        );
+        // Limits are stated where a client reads them.
+        let create = &doc["components"]["schemas"]["CreateRunRequest"]["properties"];
+        assert_eq!(create["vcpus"]["minimum"], vivarium_api::limits::MIN_VCPUS);
+        assert_eq!(create["vcpus"]["maximum"], vivarium_api::limits::MAX_VCPUS);
+        assert_eq!(
+            create["mem_mib"]["minimum"],
+            vivarium_api::limits::MIN_MEM_MIB
+        );
+        assert_eq!(
+            create["mem_mib"]["maximum"],
+            vivarium_api::limits::MAX_MEM_MIB
+        );
+        assert_eq!(
+            create["disk_mib"]["minimum"],
+            vivarium_api::limits::MIN_DISK_MIB
+        );
+        assert_eq!(
+            create["disk_mib"]["maximum"],
+            vivarium_api::limits::MAX_DISK_MIB
+        );
+        assert_eq!(
+            create["timeout_s"]["maximum"],
+            vivarium_api::limits::MAX_TIMEOUT_S
+        );
+        assert_eq!(
+            create["image"]["maxLength"],
+            vivarium_api::limits::MAX_IMAGE_REF_BYTES
+        );
+    }
+
+    #[test]
     fn aliases_name_documented_paths() {
         let doc = ApiDoc::openapi();
         for (from, to, _, _) in ALIASES {

@@ -213,7 +213,7 @@ impl Drop for Runner {
         // A stopped runner keeps its instance's nftables table and cgroup parents on purpose (its
         // sandboxes outlive it); a test runner's instance is gone for good, so remove them too.
         let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.instance.replace('-', "_")])
+            .args(["delete", "table", "inet", &self.instance.replace('-', "_")])
             .output();
         for ctrl in [
             "memory", "cpu", "cpuacct", "pids", "freezer", "devices", "unified", "",

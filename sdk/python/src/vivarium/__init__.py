@@ -14,11 +14,20 @@ from ._errors import (
     ConnectionError,
     InvalidArgumentError,
     NotFoundError,
+    PayloadTooLargeError,
     PermissionDeniedError,
+    SandboxFailedError,
     TimeoutError,
     VivariumError,
 )
-from ._models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo, Window
+from ._models import (
+    CommandResult,
+    EntryInfo,
+    ProcessInfo,
+    SandboxFailure,
+    SandboxInfo,
+    Window,
+)
 from ._sync import CommandHandle, Sandbox
 
 __version__ = "0.1.0"
@@ -34,9 +43,12 @@ __all__ = [
     "EntryInfo",
     "InvalidArgumentError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "ProcessInfo",
     "Sandbox",
+    "SandboxFailedError",
+    "SandboxFailure",
     "SandboxInfo",
     "TimeoutError",
     "VivariumError",

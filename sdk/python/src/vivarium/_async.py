@@ -338,6 +338,7 @@ class AsyncSandbox:
         desktop: bool | None = None,
         network: Literal["nat", "none"] | None = None,
         disk_mib: int | None = None,
+        on_failure: Literal["keep", "delete"] | None = None,
         api_key: str | None = None,
         url: str | None = None,
         request_timeout: float | None = None,
@@ -360,6 +361,7 @@ class AsyncSandbox:
                 desktop,
                 network,
                 disk_mib,
+                on_failure,
             )
             info = SandboxInfo.from_json(await t.json(req))
         except BaseException:

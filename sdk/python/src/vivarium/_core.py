@@ -210,6 +210,7 @@ def create_req(
     desktop: bool | None,
     network: str | None,
     disk_mib: int | None,
+    on_failure: str | None = None,
 ) -> Req:
     body: dict[str, Any] = {}
     if image is not None:
@@ -236,6 +237,8 @@ def create_req(
         body["desktop"] = desktop
     if network is not None:
         body["network"] = network
+    if on_failure is not None:
+        body["on_failure"] = on_failure
     return Req("POST", "/v1/runs", json=body)
 
 
@@ -303,7 +306,11 @@ def parse_event(line: str) -> dict[str, Any] | None:
     if ev.get("type") == "error":
         detail = ev.get("error") or {}
         raise error_from_detail(
-            None, detail.get("code"), str(detail.get("message", "error")), detail.get("field")
+            None,
+            detail.get("code"),
+            str(detail.get("message", "error")),
+            detail.get("field"),
+            detail.get("reason"),
         )
     return ev
 

@@ -65,6 +65,36 @@ class ConflictError(VivariumError):
     """The resource already exists or is in the wrong state (HTTP 409)."""
 
 
+class SandboxFailedError(ConflictError):
+    """The sandbox died on its own (HTTP 409 ``sandbox_failed``): its init exited or was killed.
+
+    ``reason`` is the run's ``failure.reason``: ``oom_killed`` (it went past its memory limit),
+    ``killed`` (by a signal, e.g. from the host), ``exited``, or ``lost`` (it stopped while the
+    runner was not running). ``Sandbox.get_info().failure`` has the details.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        field: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, field=field)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} [reason: {self.reason}]" if self.reason else base
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """The request body is past its limit (HTTP 413): JSON bodies are at most 1 MiB, uploads at
+    most the sandbox's disk."""
+
+
 class TimeoutError(VivariumError, builtins.TimeoutError):
     """Something took longer than allowed: a command's ``timeout``, a wait, or the HTTP request.
 
@@ -100,7 +130,10 @@ _BY_CODE: dict[str, type[VivariumError]] = {
     "not_a_directory": InvalidArgumentError,
     "already_exists": ConflictError,
     "conflict": ConflictError,
+    "sandbox_failed": SandboxFailedError,
+    "payload_too_large": PayloadTooLargeError,
     "timeout": TimeoutError,
+    "sandbox_timeout": TimeoutError,
 }
 
 _BY_STATUS: dict[int, type[VivariumError]] = {
@@ -110,6 +143,7 @@ _BY_STATUS: dict[int, type[VivariumError]] = {
     404: NotFoundError,
     408: TimeoutError,
     409: ConflictError,
+    413: PayloadTooLargeError,
     422: InvalidArgumentError,
     504: TimeoutError,
 }
@@ -119,6 +153,7 @@ def error_from_body(status: int, body: bytes) -> VivariumError:
     """The exception for an error answer: by the body's ``code`` first, then by HTTP status."""
     code: str | None = None
     field: str | None = None
+    reason: str | None = None
     message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
     try:
         parsed: Any = json.loads(body)
@@ -129,13 +164,20 @@ def error_from_body(status: int, body: bytes) -> VivariumError:
         code = detail.get("code") if isinstance(detail.get("code"), str) else None
         message = str(detail.get("message", message))
         field = detail.get("field") if isinstance(detail.get("field"), str) else None
-    return error_from_detail(status, code, message, field)
+        reason = detail.get("reason") if isinstance(detail.get("reason"), str) else None
+    return error_from_detail(status, code, message, field, reason)
 
 
 def error_from_detail(
-    status: int | None, code: str | None, message: str, field: str | None
+    status: int | None,
+    code: str | None,
+    message: str,
+    field: str | None,
+    reason: str | None = None,
 ) -> VivariumError:
     cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status or 0) or VivariumError
+    if cls is SandboxFailedError:
+        return SandboxFailedError(message, code=code, status=status, field=field, reason=reason)
     return cls(message, code=code, status=status, field=field)
 
 

@@ -18,6 +18,28 @@ def _time(v: Any) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class SandboxFailure:
+    """Why a ``failed`` sandbox died: ``reason`` is ``oom_killed``, ``killed`` (``signal``),
+    ``exited`` (``exit_code``) or ``lost``."""
+
+    reason: str
+    message: str
+    at: datetime | None
+    signal: int | None = None
+    exit_code: int | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SandboxFailure:
+        return cls(
+            reason=str(d.get("reason", "")),
+            message=str(d.get("message", "")),
+            at=_time(d.get("at")),
+            signal=d.get("signal"),
+            exit_code=d.get("exit_code"),
+        )
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox as the runner describes it (``GET /v1/runs/{id}``)."""
 
@@ -37,6 +59,10 @@ class SandboxInfo:
     cdp_url: str | None = None
     vnc_url: str | None = None
     oom_kills: int = 0
+    #: ``state == "failed"``: why the sandbox died.
+    failure: SandboxFailure | None = None
+    #: ``keep`` (default) or ``delete``: what the runner does when the sandbox dies on its own.
+    on_failure: str = "keep"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -60,6 +86,10 @@ class SandboxInfo:
             cdp_url=d.get("cdp_url"),
             vnc_url=d.get("vnc_url"),
             oom_kills=int(d.get("oom_kills", 0)),
+            failure=SandboxFailure.from_json(d["failure"])
+            if isinstance(d.get("failure"), dict)
+            else None,
+            on_failure=str(d.get("on_failure", "keep")),
             raw=d,
         )
 

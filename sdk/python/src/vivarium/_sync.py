@@ -329,6 +329,7 @@ class Sandbox:
         desktop: bool | None = None,
         network: Literal["nat", "none"] | None = None,
         disk_mib: int | None = None,
+        on_failure: Literal["keep", "delete"] | None = None,
         api_key: str | None = None,
         url: str | None = None,
         request_timeout: float | None = None,
@@ -351,6 +352,7 @@ class Sandbox:
                 desktop,
                 network,
                 disk_mib,
+                on_failure,
             )
             info = SandboxInfo.from_json(t.json(req))
         except BaseException:

@@ -1,0 +1,261 @@
+//! The network walls, probed from inside real sandboxes of a real runner. Each probe prints
+//! `HELD` or `BROKEN`; any `BROKEN` fails the test. Beside them, the positive check that NAT egress
+//! still reaches a host "outside".
+//!
+//! The test places two hosts of its own, each in a network namespace it creates and routes from
+//! the host, so no packet ever leaves the machine: a "LAN host" on an RFC 1918 address
+//! (192.168.213.2) and an "internet host" on a documentation address (203.0.113.10). Both run a
+//! TCP server that answers `HELLO`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Runner;
+use vivarium_api::CreateRunRequest;
+
+/// A network namespace with a veth to the host, an address, a host route to it and a TCP server
+/// answering "HELLO" on port 8080. Removed on drop.
+struct TestHost {
+    ns: String,
+    host_veth: String,
+    net: String,
+    addr: String,
+    server: Child,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestHost {
+    /// `net` is a /30: .1 on the host side, .2 in the namespace.
+    fn start(tag: &str, base: [u8; 3], last: u8) -> TestHost {
+        let suffix = format!("{:05x}", std::process::id() & 0xfffff);
+        let ns = format!("vvw{tag}{suffix}");
+        let host_veth = format!("vw{tag}{suffix}");
+        let hip = format!("{}.{}.{}.{}", base[0], base[1], base[2], last + 1);
+        let addr = format!("{}.{}.{}.{}", base[0], base[1], base[2], last + 2);
+        let net = format!("{}.{}.{}.{}/30", base[0], base[1], base[2], last);
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["addr", "add", &format!("{hip}/30"), "dev", &host_veth]);
+        ip(&["link", "set", &host_veth, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", &hip]);
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c"])
+            .arg(
+                "import socket\n\
+                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('0.0.0.0', 8080)); s.listen(16)\n\
+                 while True:\n\
+                 \x20   c, _ = s.accept(); c.sendall(b'HELLO\\n'); c.close()\n",
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 for the test host's server");
+        let h = TestHost {
+            ns,
+            host_veth,
+            net,
+            addr,
+            server,
+        };
+        // The server answers the host itself: the probes below test the walls, not the fixture.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = std::net::TcpStream::connect_timeout(
+                &format!("{}:8080", h.addr).parse().unwrap(),
+                Duration::from_millis(500),
+            )
+            .is_ok();
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "test host {} did not listen",
+                h.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        h
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_veth])
+            .output();
+        let _ = Command::new("ip")
+            .args(["route", "delete", &self.net])
+            .output();
+    }
+}
+
+struct Probes {
+    broken: Vec<String>,
+}
+
+impl Probes {
+    fn held(&mut self, name: &str, held: bool, detail: &str) {
+        println!(
+            "{} {name} ({detail})",
+            if held { "HELD  " } else { "BROKEN" }
+        );
+        if !held {
+            self.broken.push(format!("{name}: {detail}"));
+        }
+    }
+}
+
+async fn sh(r: &Runner, id: &str, cmd: &str) -> (i32, String) {
+    let res = r
+        .client
+        .sh(id, cmd)
+        .await
+        .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"));
+    (
+        res.exit_code.unwrap_or(-1),
+        format!("{}{}", res.stdout, res.stderr),
+    )
+}
+
+/// A TCP connection from inside sandbox `id` to `addr port` that gets the server's "HELLO".
+async fn reaches(r: &Runner, id: &str, addr: &str, port: u16) -> (bool, String) {
+    let (_, out) = sh(
+        r,
+        id,
+        &format!("echo | nc -w 3 {addr} {port} 2>&1; echo rc=$?"),
+    )
+    .await;
+    (out.contains("HELLO"), out.trim().replace('\n', " "))
+}
+
+/// Host addresses other than loopback, as `ip -o addr` shows them.
+fn host_addresses(family: &str) -> Vec<(String, String)> {
+    let out = Command::new("ip")
+        .args([family, "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dev = f.get(1)?.to_string();
+            let addr = f.get(3)?.split('/').next()?.to_string();
+            (dev != "lo").then_some((dev, addr))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_walls_hold_and_nat_egress_works() {
+    let r = Runner::start().await;
+    let img = r.import_busybox("local/busybox:walls").await;
+    let lan = TestHost::start("l", [192, 168, 213], 0);
+    let internet = TestHost::start("i", [203, 0, 113], 8);
+    let new = || CreateRunRequest {
+        image: Some(img.clone()),
+        mem_mib: Some(128),
+        ..Default::default()
+    };
+    let a = r.client.create_run(&new()).await.unwrap();
+    let b = r.client.create_run(&new()).await.unwrap();
+    let host_ip = {
+        let ip: std::net::Ipv4Addr = a.ip.as_deref().unwrap().parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(ip) - 1).to_string()
+    };
+
+    // Servers the sandboxes must not reach: one on the host (all IPv4 and IPv6 addresses), one in
+    // sandbox b.
+    let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let v6 = std::net::TcpListener::bind("[::]:0").unwrap();
+    let (p4, p6) = (
+        v4.local_addr().unwrap().port(),
+        v6.local_addr().unwrap().port(),
+    );
+    for l in [v4, v6] {
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                use std::io::Write;
+                let _ = (&c).write_all(b"HELLO\n");
+            }
+        });
+    }
+    let (rc, out) = sh(
+        &r,
+        &b.id,
+        "(while true; do echo HELLO | nc -l -p 8080; done) >/dev/null 2>&1 & echo started",
+    )
+    .await;
+    assert_eq!(rc, 0, "{out}");
+
+    let mut p = Probes { broken: vec![] };
+
+    // Positive: NAT egress to a public address works (else every wall below would hold trivially).
+    let (ok, out) = reaches(&r, &a.id, &internet.addr, 8080).await;
+    assert!(ok, "NAT egress to the test internet host failed: {out}");
+    println!("OK     egress to {} (NAT)", internet.addr);
+
+    let (ok, out) = reaches(&r, &a.id, &host_ip, p4).await;
+    p.held("host service on the veth address (IPv4)", !ok, &out);
+    for (dev, addr) in host_addresses("-4") {
+        if dev.starts_with("vv") {
+            continue; // other sandboxes' veths: probed below through b
+        }
+        let (ok, out) = reaches(&r, &a.id, &addr, p4).await;
+        p.held(&format!("host address {addr} on {dev} (IPv4)"), !ok, &out);
+    }
+    for (dev, addr) in host_addresses("-6") {
+        let target = if addr.starts_with("fe80") {
+            format!("{addr}%eth0")
+        } else {
+            addr.clone()
+        };
+        let (ok, out) = reaches(&r, &a.id, &target, p6).await;
+        p.held(&format!("host address {addr} on {dev} (IPv6)"), !ok, &out);
+    }
+    let (_, inet6) = sh(&r, &a.id, "cat /proc/net/if_inet6").await;
+    p.held(
+        "no IPv6 address on the sandbox's eth0",
+        !inet6.contains("eth0"),
+        inet6.trim(),
+    );
+    let b_ip = b.ip.as_deref().unwrap();
+    let (ok, out) = reaches(&r, &a.id, b_ip, 8080).await;
+    p.held("another sandbox (IPv4)", !ok, &out);
+    let (ok, out) = reaches(&r, &a.id, &lan.addr, 8080).await;
+    p.held("a LAN host (RFC 1918)", !ok, &out);
+
+    drop(lan);
+    drop(internet);
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}

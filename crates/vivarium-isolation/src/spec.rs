@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
-    Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::DriverError;
@@ -37,55 +38,379 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-/// Syscalls that fail with EPERM. Default-allow plus this deny list follows Docker's profile in
-/// spirit: kernel/module/boot control, (re)mounting, tracing/BPF, keyrings, clock changes. ptrace/kcmp/process_vm_* stay allowed (Docker allows
-/// them on kernels >= 4.8; debuggers need them). `unshare`,
-/// `clone` and `setns` stay allowed because Chromium's own sandbox creates user namespaces; without
-/// CAP_SYS_ADMIN they cannot create any other namespace type.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
+/// The syscalls a sandbox may make unconditionally: Docker's default seccomp profile for
+/// x86-64 with the capabilities sandboxes hold (chroot for CAP_SYS_CHROOT; ptrace and
+/// process_vm_* as Docker allows them on kernels >= 4.8 — a sandbox's PID namespace holds only
+/// its own processes), minus io_uring (`io_uring_*`: a large, often-exploited kernel surface that
+/// Docker too has since dropped). Everything else fails with EPERM: new namespaces (`unshare`,
+/// `setns`, namespace flags of `clone`), the mount family, BPF, perf, keyrings, userfaultfd,
+/// module loading, kexec, reboot, clock setting, quotas, swap. Three more are allowed with
+/// argument checks in [`seccomp`]: `clone` (no namespace flags), `socket` (no AF_VSOCK) and
+/// `personality` (the harmless values); `clone3` answers ENOSYS so C libraries fall back to
+/// `clone`, whose flags the filter can see.
+pub const ALLOWED_SYSCALLS: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
     "adjtimex",
-    "bpf",
+    "alarm",
+    "bind",
+    "brk",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "chown32",
     "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
+    "clock_adjtime64",
+    "clock_getres",
+    "clock_getres_time64",
+    "clock_gettime",
+    "clock_gettime64",
+    "clock_nanosleep",
+    "clock_nanosleep_time64",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "epoll_wait_old",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fadvise64_64",
+    "fallocate",
+    "fanotify_mark",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchown",
+    "fchown32",
+    "fchownat",
+    "fcntl",
+    "fcntl64",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstat64",
+    "fstatat64",
+    "fstatfs",
+    "fstatfs64",
+    "fsync",
+    "ftruncate",
+    "ftruncate64",
+    "futex",
+    "futex_time64",
+    "futex_waitv",
+    "futimesat",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "getegid32",
+    "geteuid",
+    "geteuid32",
+    "getgid",
+    "getgid32",
+    "getgroups",
+    "getgroups32",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresgid32",
+    "getresuid",
+    "getresuid32",
+    "getrlimit",
+    "get_robust_list",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "get_thread_area",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getuid32",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "ioctl",
+    "io_destroy",
+    "io_getevents",
+    "io_pgetevents",
+    "io_pgetevents_time64",
+    "ioprio_get",
+    "ioprio_set",
+    "io_setup",
+    "io_submit",
+    "ipc",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lchown32",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "_llseek",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "lstat64",
+    "madvise",
+    "membarrier",
+    "memfd_create",
+    "memfd_secret",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "mmap2",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedreceive_time64",
+    "mq_timedsend",
+    "mq_timedsend_time64",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
     "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "umount2",
-    "uselib",
-    "userfaultfd",
-    "vhangup",
+    "nanosleep",
+    "newfstatat",
+    "_newselect",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "ppoll_time64",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "process_mrelease",
+    "pselect6",
+    "pselect6_time64",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmmsg_time64",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rmdir",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_sigtimedwait_time64",
+    "rt_tgsigqueueinfo",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_rr_get_interval_time64",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semtimedop_time64",
+    "send",
+    "sendfile",
+    "sendfile64",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "setfsgid",
+    "setfsgid32",
+    "setfsuid",
+    "setfsuid32",
+    "setgid",
+    "setgid32",
+    "setgroups",
+    "setgroups32",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setregid32",
+    "setresgid",
+    "setresgid32",
+    "setresuid",
+    "setresuid32",
+    "setreuid",
+    "setreuid32",
+    "setrlimit",
+    "set_robust_list",
+    "setsid",
+    "setsockopt",
+    "set_thread_area",
+    "set_tid_address",
+    "setuid",
+    "setuid32",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "sigprocmask",
+    "sigreturn",
+    "socketcall",
+    "socketpair",
+    "splice",
+    "stat",
+    "stat64",
+    "statfs",
+    "statfs64",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_gettime64",
+    "timer_settime",
+    "timer_settime64",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_gettime64",
+    "timerfd_settime",
+    "timerfd_settime64",
+    "times",
+    "tkill",
+    "truncate",
+    "truncate64",
+    "ugetrlimit",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimensat_time64",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "waitpid",
+    "write",
+    "writev",
+    "arch_prctl",
+    "modify_ldt",
+    "chroot",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
 ];
+
+/// Namespace flags of `clone` (CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID |
+/// NEWNET): a call with any of them set is refused.
+pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+/// `personality` values Docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32, and
+/// the query 0xffffffff.
+pub const PERSONALITY_ALLOWED: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+/// Address family refused by `socket`: AF_VSOCK reaches the hypervisor's host side.
+pub const AF_VSOCK: u64 = 40;
 
 /// /proc and /sys paths hidden like Docker does.
 pub const MASKED_PATHS: &[&str] = &[
@@ -141,26 +466,62 @@ fn mount(
         .build()?)
 }
 
-/// The seccomp filter: allow by default, EPERM for [`DENIED_SYSCALLS`].
+fn rule(
+    names: &[&str],
+    action: LinuxSeccompAction,
+    args: Vec<LinuxSeccompArg>,
+) -> Result<oci_spec::runtime::LinuxSyscall, DriverError> {
+    let mut b = LinuxSyscallBuilder::default()
+        .names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .action(action);
+    if action == LinuxSeccompAction::ScmpActErrno {
+        b = b.errno_ret(libc::ENOSYS as u32);
+    }
+    if !args.is_empty() {
+        b = b.args(args);
+    }
+    Ok(b.build()?)
+}
+
+fn arg(index: usize, op: LinuxSeccompOperator, value: u64) -> Result<LinuxSeccompArg, DriverError> {
+    let mut b = LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .op(op);
+    if op == LinuxSeccompOperator::ScmpCmpMaskedEq {
+        b = b.value_two(0u64);
+    }
+    Ok(b.build()?)
+}
+
+/// The seccomp filter: an allowlist ([`ALLOWED_SYSCALLS`] and the argument-checked rules); any
+/// other syscall fails with EPERM.
 pub fn seccomp() -> Result<LinuxSeccomp, DriverError> {
-    let deny = LinuxSyscallBuilder::default()
-        .names(
-            DENIED_SYSCALLS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()?;
+    use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
+    use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpMaskedEq, ScmpCmpNe};
+    let mut syscalls = vec![
+        rule(ALLOWED_SYSCALLS, Allow, vec![])?,
+        rule(
+            &["clone"],
+            Allow,
+            vec![arg(0, ScmpCmpMaskedEq, CLONE_NAMESPACE_FLAGS)?],
+        )?,
+        rule(&["socket"], Allow, vec![arg(0, ScmpCmpNe, AF_VSOCK)?])?,
+        // ENOSYS, not EPERM: glibc and musl then fall back to clone(2).
+        rule(&["clone3"], Errno, vec![])?,
+    ];
+    for v in PERSONALITY_ALLOWED {
+        syscalls.push(rule(&["personality"], Allow, vec![arg(0, ScmpCmpEq, *v)?])?);
+    }
     Ok(LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .default_action(Errno)
+        .default_errno_ret(libc::EPERM as u32)
         .architectures(vec![
             Arch::ScmpArchX86_64,
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(vec![deny])
+        .syscalls(syscalls)
         .build()?)
 }
 
@@ -371,10 +732,33 @@ mod tests {
         let net = ns.iter().find(|n| n["type"] == "network").unwrap();
         assert_eq!(net["path"], "/run/netns/v-a");
         let sc = &v["linux"]["seccomp"];
-        assert_eq!(sc["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(sc["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(sc["defaultErrnoRet"], 1);
         let names = sc["syscalls"][0]["names"].as_array().unwrap();
-        assert!(names.iter().any(|n| n == "kexec_load"));
-        assert!(!names.iter().any(|n| n == "unshare" || n == "clone"));
+        assert!(names.iter().any(|n| n == "read") && names.iter().any(|n| n == "execve"));
+        for denied in [
+            "unshare",
+            "setns",
+            "clone",
+            "clone3",
+            "mount",
+            "bpf",
+            "perf_event_open",
+            "keyctl",
+            "add_key",
+            "userfaultfd",
+            "kexec_load",
+            "init_module",
+            "io_uring_setup",
+            "reboot",
+        ] {
+            assert!(!names.iter().any(|n| n == denied), "{denied} allowed");
+        }
+        let clone = &sc["syscalls"][1];
+        assert_eq!(clone["names"][0], "clone");
+        assert_eq!(clone["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(clone["args"][0]["value"], CLONE_NAMESPACE_FLAGS);
+        assert_eq!(clone["args"][0]["valueTwo"], 0);
         assert!(v["linux"]["maskedPaths"]
             .as_array()
             .unwrap()

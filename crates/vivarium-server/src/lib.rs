@@ -135,6 +135,32 @@ pub fn load_or_create_api_key(data_dir: &std::path::Path) -> Result<(String, boo
     Ok((key, true))
 }
 
+/// Secrets at rest: the data dir (state.db holds every sandbox's access token and environment, the
+/// API key file) is the runner's alone. Sandboxes are unaffected: their files are reached through
+/// mounts the runner made.
+fn restrict_permissions(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = vec![(data_dir.to_path_buf(), 0o700)];
+    for f in [
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "state.db-journal",
+        "api-key",
+    ] {
+        paths.push((data_dir.join(f), 0o600));
+    }
+    for (path, mode) in paths {
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot restrict permissions")
+            }
+        }
+    }
+}
+
 /// Runs the runner until SIGINT/SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let _lock = DataDirLock::acquire(&cfg.runner.data_dir)?;
@@ -160,6 +186,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         }
     };
     let runner = Runner::start(cfg.runner.clone()).await?;
+    restrict_permissions(&cfg.runner.data_dir);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -1,5 +1,5 @@
 //! The runner on its own: it refuses a dynamically linked guest agent with a message naming the
-//! fix, one data dir serves one runner, and `vivarium uninstall` removes a stopped runner's
+//! fix, one data dir serves one runner (and only root reads it: state.db holds tokens), and `vivarium uninstall` removes a stopped runner's
 //! sandboxes and every host object of its instance.
 
 mod common;
@@ -37,8 +37,16 @@ fn a_dynamically_linked_agent_is_refused_with_the_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_runner_per_data_dir() {
-    let r = Runner::start().await;
+async fn one_runner_per_data_dir_and_its_secrets_are_private() {
+    let mut r = Runner::start().await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    // A data dir made by hand with the usual 0755 becomes private when the runner starts.
+    r.kill9();
+    std::fs::set_permissions(r.data_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    r.spawn().await;
+    assert_eq!(mode(r.data_dir.path().to_path_buf()), 0o700);
+    assert_eq!(mode(r.data_dir.path().join("state.db")), 0o600);
     let out = serve_cmd(
         r.data_dir.path(),
         &[

@@ -259,3 +259,81 @@ async fn network_walls_hold_and_nat_egress_works() {
     drop(internet);
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }
+
+/// The kernel walls: what root inside a sandbox tries first to get out. Every probe must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_walls_hold() {
+    let r = Runner::start().await;
+    let img = r.import_busybox("local/busybox:kernel-walls").await;
+    let run = r
+        .client
+        .create_run(&CreateRunRequest {
+            image: Some(img),
+            mem_mib: Some(128),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = run.id.as_str();
+    // Positive: the sandbox is usable and its root is root inside.
+    let (rc, out) = sh(
+        &r,
+        id,
+        "id -u && mkdir -p /tmp/m && echo ok > /tmp/m/f && cat /tmp/m/f",
+    )
+    .await;
+    assert!(rc == 0 && out.contains("ok"), "{out}");
+
+    let mut p = Probes { broken: vec![] };
+    // `sh -c CMD; echo rc=$?`: a probe holds when CMD failed.
+    let probes: &[(&str, &str)] = &[
+        ("new user namespace (unshare -U)", "busybox unshare -U -r true"),
+        ("new network namespace (unshare -n)", "busybox unshare -n true"),
+        ("new mount namespace (unshare -m)", "busybox unshare -m true"),
+        ("join PID 1's namespaces (setns)", "busybox nsenter -t 1 -m -n true"),
+        ("mount a filesystem", "busybox mount -t tmpfs none /tmp/m"),
+        ("remount / read-write", "busybox mount -o remount,rw /"),
+        ("write /proc/sys", "echo 1 > /proc/sys/kernel/sysrq"),
+        ("write /proc/sysrq-trigger", "echo h > /proc/sysrq-trigger"),
+        (
+            "write a cgroup limit",
+            "for f in $(find /sys/fs/cgroup -name memory.max -o -name memory.limit_in_bytes -o -name pids.max 2>/dev/null); do echo max > $f && exit 0; done; exit 1",
+        ),
+        ("make a block device node", "busybox mknod /tmp/sda b 8 0"),
+        ("read the kernel log", "busybox dmesg"),
+        ("load a kernel module", "busybox insmod /bin/busybox"),
+        (
+            "set the clock",
+            "busybox date -s 2001-01-01 >/dev/null 2>&1; test \"$(date +%Y)\" = 2001",
+        ),
+        ("change the hostname", "busybox hostname evil"),
+        ("reboot the host", "busybox reboot -f -n"),
+    ];
+    for (name, cmd) in probes {
+        let (_, out) = sh(&r, id, &format!("({cmd}) 2>&1; echo rc=$?")).await;
+        let failed = !out.trim_end().ends_with("rc=0");
+        p.held(name, failed, out.trim().replace('\n', " ").as_str());
+    }
+    // What the sandbox sees of the host's processes: its own PID namespace only.
+    let (_, out) = sh(
+        &r,
+        id,
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'",
+    )
+    .await;
+    let mut lines = out.lines();
+    let init = lines.next().unwrap_or_default().to_string();
+    let count: usize = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    p.held(
+        "see or ptrace host processes (own PID namespace)",
+        init.contains("/.vivarium/agent") && count < 20,
+        &format!("pid 1: {init}, {count} processes visible"),
+    );
+    // The sandbox still answers after all that.
+    let (rc, _) = sh(&r, id, "true").await;
+    assert_eq!(rc, 0);
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}

@@ -219,7 +219,8 @@ pub struct RunList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetTimeoutRequest {
-    /// New lifetime in seconds, counted from now.
+    /// New lifetime in seconds, counted from now, 1–604800.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604800))]
     pub timeout_s: u64,
 }
 

@@ -127,6 +127,8 @@ struct Entry {
     uid: u64,
     data: Vec<u8>,
     link: Option<String>,
+    /// (major, minor) of a device node.
+    dev: Option<(u32, u32)>,
 }
 
 fn dir_entry(path: &str, mode: u32, uid: u64) -> Entry {
@@ -137,6 +139,7 @@ fn dir_entry(path: &str, mode: u32, uid: u64) -> Entry {
         uid,
         data: vec![],
         link: None,
+        dev: None,
     }
 }
 fn file(path: &str, mode: u32, data: &[u8]) -> Entry {
@@ -147,6 +150,7 @@ fn file(path: &str, mode: u32, data: &[u8]) -> Entry {
         uid: 0,
         data: data.to_vec(),
         link: None,
+        dev: None,
     }
 }
 fn symlink(path: &str, target: &str) -> Entry {
@@ -157,6 +161,7 @@ fn symlink(path: &str, target: &str) -> Entry {
         uid: 0,
         data: vec![],
         link: Some(target.into()),
+        dev: None,
     }
 }
 fn hardlink(path: &str, target: &str) -> Entry {
@@ -167,6 +172,7 @@ fn hardlink(path: &str, target: &str) -> Entry {
         uid: 0,
         data: vec![],
         link: Some(target.into()),
+        dev: None,
     }
 }
 
@@ -180,6 +186,11 @@ fn tar_of(entries: &[Entry]) -> Result<Vec<u8>, ImageError> {
         h.set_gid(e.uid);
         h.set_mtime(1_700_000_000);
         h.set_size(e.data.len() as u64);
+        if let Some((major, minor)) = e.dev {
+            h.set_device_major(major)
+                .and_then(|()| h.set_device_minor(minor))
+                .map_err(io_ctx(|| format!("tar device {}", e.path)))?;
+        }
         let r = match &e.link {
             Some(l) => b.append_link(&mut h, &e.path, l),
             None => b.append_data(&mut h, &e.path, &e.data[..]),
@@ -209,6 +220,50 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> Result<(String, u64), ImageError> 
 /// holding [`OPAQUE_NEW_FILE`], `/etc/vivarium-release`. Config: Env PATH and [`MARKER_ENV`],
 /// Cmd `/bin/sh`.
 pub fn build_busybox_layout(dir: &Path) -> Result<PathBuf, ImageError> {
+    build_layout(dir, vec![])
+}
+
+/// What [`build_hostile_layout`] puts in its third layer, under `/hostile`.
+pub const HOSTILE_DIR: &str = "hostile";
+
+/// The busybox image of [`build_busybox_layout`] plus a third, hostile layer (gzip) as an attacker
+/// would ship it: device nodes for the host's memory (`/hostile/mem`, char 1:1), first disk
+/// (`/hostile/sda`, block 8:0) and kernel messages (`/hostile/kmsg`, char 1:11); a setuid-root
+/// shell (`/hostile/suid-sh`, mode 4755); a symlink to a host directory (`/hostile/escape` →
+/// `host_dir`) and, after it in the same layer, a file *through* that symlink
+/// (`hostile/escape/pwned`), which an unpacker that follows symlinks would write on the host.
+pub fn build_hostile_layout(dir: &Path, host_dir: &Path) -> Result<PathBuf, ImageError> {
+    let busybox = std::fs::read(BUSYBOX_BIN).map_err(io_ctx(|| {
+        format!("read {BUSYBOX_BIN} (install Debian package busybox-static)")
+    }))?;
+    let node = |path: &str, kind: tar::EntryType, major: u32, minor: u32| Entry {
+        path: path.into(),
+        kind,
+        mode: 0o666,
+        uid: 0,
+        data: vec![],
+        link: None,
+        dev: Some((major, minor)),
+    };
+    let l3 = vec![
+        dir_entry(HOSTILE_DIR, 0o755, 0),
+        node("hostile/mem", tar::EntryType::Char, 1, 1),
+        node("hostile/kmsg", tar::EntryType::Char, 1, 11),
+        node("hostile/sda", tar::EntryType::Block, 8, 0),
+        dir_entry("hostile/suid", 0o755, 0),
+        // busybox picks its applet from argv[0]: `sh`.
+        file("hostile/suid/sh", 0o4755, &busybox),
+        symlink("hostile/escape", &host_dir.to_string_lossy()),
+        file(
+            "hostile/escape/pwned",
+            0o644,
+            b"written through a symlink\n",
+        ),
+    ];
+    build_layout(dir, vec![l3])
+}
+
+fn build_layout(dir: &Path, extra_layers: Vec<Vec<Entry>>) -> Result<PathBuf, ImageError> {
     let busybox = std::fs::read(BUSYBOX_BIN).map_err(io_ctx(|| {
         format!("read {BUSYBOX_BIN} (install Debian package busybox-static)")
     }))?;
@@ -260,19 +315,31 @@ nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
             b"vivarium busybox test image\n",
         ),
     ];
+    let gzip = |t: &[u8]| -> Result<Vec<u8>, ImageError> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(t).map_err(io_ctx(|| "gzip layer".into()))?;
+        e.finish().map_err(io_ctx(|| "gzip layer".into()))
+    };
     let t1 = tar_of(&l1)?;
     let t2 = tar_of(&l2)?;
-    let gz1 = {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(&t1).map_err(io_ctx(|| "gzip layer".into()))?;
-        e.finish().map_err(io_ctx(|| "gzip layer".into()))?
-    };
+    let gz1 = gzip(&t1)?;
     let zs2 = zstd::encode_all(&t2[..], 3).map_err(io_ctx(|| "zstd layer".into()))?;
 
     std::fs::create_dir_all(dir.join("blobs/sha256"))
         .map_err(io_ctx(|| format!("create {}", dir.display())))?;
     let (d1, s1) = write_blob(dir, &gz1)?;
     let (d2, s2) = write_blob(dir, &zs2)?;
+    let mut diff_ids = vec![sha(&t1), sha(&t2)];
+    let mut layers = vec![
+        serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d1, "size": s1}),
+        serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": d2, "size": s2}),
+    ];
+    for extra in &extra_layers {
+        let t = tar_of(extra)?;
+        let (d, size) = write_blob(dir, &gzip(&t)?)?;
+        diff_ids.push(sha(&t));
+        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": size}));
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -282,7 +349,7 @@ nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
             "WorkingDir": "/",
             "Labels": {"org.opencontainers.image.title": "vivarium-busybox-test"}
         },
-        "rootfs": {"type": "layers", "diff_ids": [sha(&t1), sha(&t2)]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "vivarium test-support layer 1"}, {"created_by": "vivarium test-support layer 2"}]
     });
     let config_bytes =
@@ -292,10 +359,7 @@ nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": dc, "size": sc},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d1, "size": s1},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": d2, "size": s2}
-        ]
+        "layers": layers
     });
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| ImageError::Internal(e.to_string()))?;

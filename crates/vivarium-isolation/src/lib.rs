@@ -445,11 +445,12 @@ impl Inner {
         use nix::mount::{mount, MsFlags};
         // `volatile` skips syncs of a scratch layer that never outlives the host boot anyway.
         let volatile = format!("{opts},volatile");
+        // nodev: a device node in the image or made inside would open nothing.
         if mount(
             Some("overlay"),
             &rootfs,
             Some("overlay"),
-            MsFlags::empty(),
+            MsFlags::MS_NODEV,
             Some(volatile.as_str()),
         )
         .is_err()
@@ -458,7 +459,7 @@ impl Inner {
                 Some("overlay"),
                 &rootfs,
                 Some("overlay"),
-                MsFlags::empty(),
+                MsFlags::MS_NODEV,
                 Some(opts.as_str()),
             )
             .map_err(|e| {

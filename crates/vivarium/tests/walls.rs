@@ -337,3 +337,97 @@ async fn kernel_walls_hold() {
     assert_eq!(rc, 0);
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }
+
+/// A hostile image: device nodes for the host's memory and disk, a setuid-root shell, and a file
+/// written through a symlink to a host directory. Nothing of it reaches the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_image_reaches_nothing() {
+    let r = Runner::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let host_dir = work.path().join("host-side");
+    std::fs::create_dir(&host_dir).unwrap();
+    let layout =
+        vivarium_image::test_support::build_hostile_layout(&work.path().join("layout"), &host_dir)
+            .unwrap();
+    let img = "local/hostile:1";
+    r.client
+        .import_image(&layout.to_string_lossy(), img)
+        .await
+        .expect("importing the hostile image");
+    let mut p = Probes { broken: vec![] };
+    p.held(
+        "unpacking writes through a symlink onto the host",
+        !host_dir.join("pwned").exists(),
+        &format!("{}", host_dir.join("pwned").display()),
+    );
+    let run = r
+        .client
+        .create_run(&CreateRunRequest {
+            image: Some(img.into()),
+            mem_mib: Some(128),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = run.id.as_str();
+    for (name, cmd) in [
+        (
+            "read the host's memory through a shipped node",
+            "head -c 16 /hostile/mem | od | head -1",
+        ),
+        (
+            "read the host's disk through a shipped node",
+            "head -c 512 /hostile/sda | od | head -1",
+        ),
+        (
+            "read kernel messages through a shipped node",
+            "head -c 16 /hostile/kmsg | od | head -1",
+        ),
+    ] {
+        let (_, out) = sh(&r, id, &format!("({cmd}) 2>&1; echo rc=$?")).await;
+        // Held when no bytes came out (od prints an offset line only for data).
+        let read_something = out.lines().any(|l| l.starts_with("0000000 "));
+        p.held(
+            name,
+            !read_something,
+            out.trim().replace('\n', " ").as_str(),
+        );
+    }
+    let (_, out) = sh(&r, id, "ls -la /hostile/ 2>&1").await;
+    p.held(
+        "device nodes of the image exist in the sandbox",
+        !out.lines()
+            .any(|l| l.starts_with('c') || l.starts_with('b')),
+        out.trim().replace('\n', " | ").as_str(),
+    );
+    // A setuid-root binary gives an unprivileged user nothing (no_new_privs).
+    let res = r
+        .client
+        .exec(
+            id,
+            &vivarium_api::ExecRequest {
+                argv: Some(vec!["/hostile/suid/sh".into(), "-c".into(), "id -u".into()]),
+                user: Some("user".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    p.held(
+        "setuid-root binary run by an unprivileged user",
+        res.exit_code == Some(0) && res.stdout.trim() == "1000",
+        &format!(
+            "uid {:?}, stderr {:?}",
+            res.stdout.trim(),
+            res.stderr.trim()
+        ),
+    );
+    let (_, out) = sh(
+        &r,
+        id,
+        "ls /hostile/escape/ 2>&1; cat /hostile/escape/pwned 2>&1",
+    )
+    .await;
+    println!("inside: {}", out.trim().replace('\n', " | "));
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}

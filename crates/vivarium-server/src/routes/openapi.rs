@@ -1016,7 +1016,7 @@ mod tests {
             false
         );
         assert_eq!(
-            doc["paths"]["/v1/runs/{id}/exec"]["post"]["requestBody"]["required"],
+            doc["paths"]["/v1/runs/{id}/timeout"]["post"]["requestBody"]["required"],
             true
         );
         // Limits are stated where a client reads them.

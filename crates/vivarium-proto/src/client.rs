@@ -238,16 +238,15 @@ impl AgentClient {
                 format!("{}: {e}", self.socket.display()),
             ))
         };
-        let stream =
-            tokio::time::timeout(self.deadlines.connect, UnixStream::connect(&self.socket))
-                .await
-                .map_err(|_| {
-                    wrap(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("not accepted within {:?}", self.deadlines.connect),
-                    ))
-                })?
-                .map_err(wrap)?;
+        let stream = tokio::time::timeout(self.deadlines.connect, connect_nofollow(&self.socket))
+            .await
+            .map_err(|_| {
+                wrap(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("not accepted within {:?}", self.deadlines.connect),
+                ))
+            })?
+            .map_err(wrap)?;
         Ok(Framed::new(stream, FrameCodec::new()))
     }
 
@@ -862,4 +861,36 @@ impl Drop for ExecEvents {
             }
         });
     }
+}
+
+/// Connects to the Unix socket at `path` without following a symlink in its last component.
+///
+/// The socket lives in a directory the sandbox can write (it is bind-mounted into the sandbox):
+/// root there could replace the socket with a symlink to another sandbox's socket, whose host path
+/// it can read in /proc/mounts. `connect(2)` follows symlinks and has no flag against it, so the
+/// path is opened first with `O_PATH | O_NOFOLLOW` (which yields the symlink itself, not its
+/// target), checked to be a socket, and connected to through `/proc/self/fd/N`, which names that
+/// very inode. The directories above it are the runner's own and not reachable from inside.
+pub async fn connect_nofollow(path: &Path) -> io::Result<UnixStream> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_socket() {
+        let what = if kind.is_symlink() {
+            "a symlink"
+        } else {
+            "something that is not a socket"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the agent socket was replaced by {what} (refused)"),
+        ));
+    }
+    let stream = UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd())).await;
+    drop(file);
+    stream
 }

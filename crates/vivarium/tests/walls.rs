@@ -431,3 +431,46 @@ async fn hostile_image_reaches_nothing() {
     println!("inside: {}", out.trim().replace('\n', " | "));
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }
+
+/// Root in sandbox A replaces its agent socket with a symlink to sandbox B's (whose host path it
+/// can read in /proc/mounts). The runner must not follow it: A's exec never runs in B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_channel_cannot_be_redirected() {
+    let r = Runner::start().await;
+    let img = r.import_busybox("local/busybox:channel").await;
+    let new = || CreateRunRequest {
+        image: Some(img.clone()),
+        mem_mib: Some(128),
+        ..Default::default()
+    };
+    let a = r.client.create_run(&new()).await.unwrap();
+    let b = r.client.create_run(&new()).await.unwrap();
+    let (_, mounts) = sh(&r, &a.id, "grep ' /.vivarium/run ' /proc/self/mountinfo").await;
+    // mountinfo: "... <root> <mount point> ..." where root is the host path of the bind source.
+    let host_dir = mounts
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no /.vivarium/run mount: {mounts}"))
+        .to_string();
+    assert!(host_dir.contains(&a.id), "{mounts}");
+    let b_sock = format!("{}/agent.sock", host_dir.replace(&a.id, &b.id));
+    let (rc, out) = sh(
+        &r,
+        &a.id,
+        &format!("rm -f /.vivarium/run/agent.sock && ln -s {b_sock} /.vivarium/run/agent.sock && echo swapped"),
+    )
+    .await;
+    assert!(rc == 0 && out.contains("swapped"), "{out}");
+    let mut p = Probes { broken: vec![] };
+    let res = r.client.sh(&a.id, "hostname").await;
+    let ran_in_b = matches!(&res, Ok(x) if x.stdout.trim() == format!("vv-{}", b.id));
+    p.held(
+        "a symlinked agent socket redirects the runner to another sandbox",
+        !ran_in_b,
+        &format!("{res:?}"),
+    );
+    // B itself is untouched.
+    let (rc, out) = sh(&r, &b.id, "hostname").await;
+    assert_eq!((rc, out.trim().to_string()), (0, format!("vv-{}", b.id)));
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}

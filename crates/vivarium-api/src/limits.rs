@@ -16,6 +16,10 @@ pub const MIN_DISK_MIB: u64 = 16;
 /// directory). The scratch image is a sparse ext4 file: 1 TiB is within every filesystem's file
 /// size limit (ext4's is 16 TiB − 4 KiB) and `mkfs.ext4` makes it in well under a second.
 pub const MAX_DISK_MIB: u64 = 1024 * 1024;
+/// The writable layer's cap when a create names no `disk_mib` (10 GiB, or the data directory's
+/// free space when that is less): no sandbox can fill the host's disk. The scratch image is sparse,
+/// so the cap reserves nothing.
+pub const DEFAULT_DISK_MIB: u64 = 10 * 1024;
 /// Processes (and threads) per sandbox (`pids.max`).
 pub const PIDS_MAX: u64 = 4096;
 /// Longest lifetime a sandbox may be given at once (7 days).

@@ -350,6 +350,18 @@ impl Inner {
         self.cfg.cgroup_parent.replace('-', "_")
     }
 
+    /// The console log lives on the sandbox's scratch disk when it has one, so what the sandbox
+    /// writes to it (root inside can open `/proc/1/fd/1`) counts against its own disk cap rather
+    /// than the host's disk.
+    fn console_log(&self, id: &str) -> PathBuf {
+        let dir = self.run_dir(id);
+        if dir.join("scratch").is_dir() {
+            dir.join("scratch").join("console.log")
+        } else {
+            dir.join("console.log")
+        }
+    }
+
     fn netns_name(&self, id: &str) -> String {
         format!("{}-{id}", self.cfg.cgroup_parent)
     }
@@ -541,7 +553,7 @@ impl Inner {
         let procs = self.cgroups.procs_files_c(id)?;
         let pid = self
             .crun
-            .run_detached(id, dir, &dir.join("console.log"), procs)?;
+            .run_detached(id, dir, &self.console_log(id), procs)?;
         info!(id = %id, pid, setup_ms = t_setup.as_millis() as u64, total_ms = t0.elapsed().as_millis() as u64, "sandbox running");
         Ok(Sandbox {
             id: id.clone(),
@@ -742,7 +754,7 @@ impl Driver {
 
     /// The sandbox's console log: the agent's stdout/stderr and crun's errors.
     pub fn console_log(&self, id: &str) -> PathBuf {
-        self.inner.run_dir(id).join("console.log")
+        self.inner.console_log(id)
     }
 
     /// MiB a new scratch image may take: the space available to unprivileged users on the

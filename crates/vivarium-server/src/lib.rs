@@ -206,6 +206,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             loop {
                 tick.tick().await;
                 runner.reap().await;
+                runner.cap_console_logs();
             }
         })
     };

@@ -25,6 +25,30 @@ mod limits;
 pub use failures::{failed_error, MAX_LOG_BYTES};
 pub use limits::check_env;
 
+/// Largest a running sandbox's console log may grow before it is cut to its tail.
+pub const MAX_CONSOLE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Keeps the last `keep` bytes of the file at `path`, in place.
+fn cut_to_tail(path: &std::path::Path, keep: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut tail = Vec::new();
+    f.seek(SeekFrom::Start(len.saturating_sub(keep)))?;
+    (&mut f).take(keep).read_to_end(&mut tail)?;
+    f.set_len(0)?;
+    f.seek(SeekFrom::Start(0))?;
+    writeln!(
+        f,
+        "[vivarium: console log cut; {} earlier bytes dropped]",
+        len - tail.len() as u64
+    )?;
+    f.write_all(&tail)
+}
+
 /// Where the guest agent listens inside every sandbox (the driver bind-mounts its host side).
 pub const AGENT_SOCKET_IN_SANDBOX: &str = "/.vivarium/run/agent.sock";
 /// How long a new sandbox's agent may take to answer before creation is given up.
@@ -385,8 +409,9 @@ impl Runner {
                 ),
             ));
         }
+        let available = self.driver.available_disk_mib().ok();
         if let Some(d) = req.disk_mib {
-            limits::check_disk(d, self.driver.available_disk_mib().ok())?;
+            limits::check_disk(d, available)?;
         }
         let timeout_s = req.timeout_s.unwrap_or(api::DEFAULT_TIMEOUT_S);
         if timeout_s == 0 || timeout_s > api::MAX_TIMEOUT_S {
@@ -448,6 +473,13 @@ impl Runner {
         let _busy = self.busy(&id);
         let now = Utc::now();
         let network = req.network.unwrap_or_default();
+        // Every sandbox's writable layer is capped: the default, or less when the host has less.
+        let disk_mib = req.disk_mib.unwrap_or_else(|| {
+            self.driver
+                .available_disk_mib()
+                .map(|free| api::limits::DEFAULT_DISK_MIB.min(free.max(api::limits::MIN_DISK_MIB)))
+                .unwrap_or(api::limits::DEFAULT_DISK_MIB)
+        });
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for kv in &image.config.env {
             if let Some((k, v)) = kv.split_once('=') {
@@ -463,7 +495,7 @@ impl Runner {
                 image_digest: image.digest.clone(),
                 vcpus,
                 mem_mib,
-                disk_mib: req.disk_mib,
+                disk_mib: Some(disk_mib),
                 network,
                 ip: None,
                 env: req.env.clone(),
@@ -509,7 +541,7 @@ impl Runner {
             mem_mib,
             pids_max: api::limits::PIDS_MAX,
             shm_mib: SHM_MIB.min(mem_mib),
-            disk_mib: req.disk_mib,
+            disk_mib: Some(disk_mib),
             network: match network {
                 NetworkMode::Nat => vivarium_isolation::NetworkMode::Nat,
                 NetworkMode::None => vivarium_isolation::NetworkMode::None,
@@ -620,6 +652,26 @@ impl Runner {
     }
 
     /// Deletes sandboxes whose time is up, and retries removals that failed earlier.
+    /// Keeps every running sandbox's console log (on the host, outside its disk cap) bounded: past
+    /// [`MAX_CONSOLE_BYTES`] it is cut to its last [`failures::MAX_LOG_BYTES`] (writers append,
+    /// so they carry on at the new end). Called every second.
+    pub fn cap_console_logs(&self) {
+        let ids: Vec<String> = self.live().keys().cloned().collect();
+        for id in ids {
+            let path = self.driver.console_log(&id);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() > MAX_CONSOLE_BYTES => {
+                    if let Err(e) = cut_to_tail(&path, failures::MAX_LOG_BYTES) {
+                        tracing::warn!(sandbox = %id, error = %e, "cannot cut the console log");
+                    } else {
+                        tracing::info!(sandbox = %id, bytes = m.len(), "console log cut to its tail");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     pub async fn reap(&self) {
         let now = Utc::now();
         let expired: Vec<String> = self

@@ -474,3 +474,128 @@ async fn agent_channel_cannot_be_redirected() {
     assert_eq!((rc, out.trim().to_string()), (0, format!("vv-{}", b.id)));
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }
+
+/// Every sandbox's writable layer is capped, by default too: filling it is ENOSPC inside that
+/// sandbox, and the host and the sandbox itself carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_fill_stays_inside() {
+    let r = Runner::start().await;
+    let img = r.import_busybox("local/busybox:disk").await;
+    let default = r
+        .client
+        .create_run(&CreateRunRequest {
+            image: Some(img.clone()),
+            mem_mib: Some(128),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cap = default.disk_mib.expect("a default disk cap");
+    assert!(
+        (vivarium_api::limits::MIN_DISK_MIB..=vivarium_api::limits::DEFAULT_DISK_MIB)
+            .contains(&cap),
+        "{cap}"
+    );
+    let (_, df) = sh(&r, &default.id, "df -m / | tail -1").await;
+    println!("default writable layer: {cap} MiB; df: {}", df.trim());
+
+    let small = r
+        .client
+        .create_run(&CreateRunRequest {
+            image: Some(img),
+            mem_mib: Some(128),
+            disk_mib: Some(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let host_free = || {
+        let st = nix::sys::statvfs::statvfs(r.data_dir.path()).unwrap();
+        (st.blocks_available() * st.fragment_size()) >> 20
+    };
+    let before = host_free();
+    let (_, out) = sh(
+        &r,
+        &small.id,
+        "dd if=/dev/zero of=/fill bs=1M count=256 2>&1; echo rc=$?",
+    )
+    .await;
+    let mut p = Probes { broken: vec![] };
+    p.held(
+        "filling the writable layer beyond its cap",
+        out.contains("No space left on device") && !out.trim_end().ends_with("rc=0"),
+        out.trim().replace('\n', " ").as_str(),
+    );
+    let grown = before.saturating_sub(host_free());
+    p.held(
+        "a full sandbox takes more than its cap from the host",
+        grown <= 64 + 16,
+        &format!("host free space fell by {grown} MiB"),
+    );
+    let (rc, _) = sh(&r, &small.id, "rm /fill && echo ok > /after").await;
+    p.held(
+        "the sandbox works again once it frees space",
+        rc == 0,
+        "rm + write",
+    );
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}
+
+/// Root inside floods the console (its init's stdout, a file on the host side): the log stays on
+/// the sandbox's own scratch disk and is cut to its tail, so the host's disk does not pay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_flood_stays_bounded() {
+    let r = Runner::start().await;
+    let img = r.import_busybox("local/busybox:flood").await;
+    let run = r
+        .client
+        .create_run(&CreateRunRequest {
+            image: Some(img),
+            mem_mib: Some(128),
+            disk_mib: Some(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let host_free = || {
+        let st = nix::sys::statvfs::statvfs(r.data_dir.path()).unwrap();
+        (st.blocks_available() * st.fragment_size()) >> 20
+    };
+    let before = host_free();
+    let (rc, out) = sh(
+        &r,
+        &run.id,
+        "yes 'flood flood flood flood flood flood flood' >> /proc/1/fd/1 2>/dev/null & p=$!; sleep 4; kill $p; echo done",
+    )
+    .await;
+    assert!(rc == 0 && out.contains("done"), "{out}");
+    // The runner cuts it within a second or two.
+    let log = r
+        .data_dir
+        .path()
+        .join(format!("sandboxes/runs/{}/scratch/console.log", run.id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut size = u64::MAX;
+    while Instant::now() < deadline {
+        size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if size <= vivarium_server::runner::MAX_CONSOLE_BYTES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut p = Probes { broken: vec![] };
+    p.held(
+        "the console log grows without bound",
+        size <= vivarium_server::runner::MAX_CONSOLE_BYTES,
+        &format!("{} is {size} bytes", log.display()),
+    );
+    let fell = before.saturating_sub(host_free());
+    p.held(
+        "a console flood takes more than the sandbox's disk cap from the host",
+        fell <= 64 + 16,
+        &format!("host free space fell by {fell} MiB"),
+    );
+    let (rc, _) = sh(&r, &run.id, "true").await;
+    p.held("the sandbox answers after the flood", rc == 0, "exec true");
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}

@@ -1,25 +1,35 @@
 //! PID 1 outlives its children: the OOM killer must pick a sandbox's processes, never the agent
 //! (killing PID 1 ends the whole sandbox).
 //!
-//! The agent asks for the lowest `oom_score_adj` (-1000: never chosen). Inside a sandbox it has no
-//! CAP_SYS_RESOURCE, so the runtime config sets `oomScoreAdj: -1000` for it (crun writes it before
-//! the agent starts) and [`protect_self`] only confirms it; started by hand as root it sets it
-//! itself. Every child resets its own score to [`CHILD_OOM_SCORE_ADJ`] between fork and exec
-//! ([`reset_in_child`]): raising one's score needs no privilege, and a child that inherited -1000
-//! would make the OOM killer's choice fall on nobody.
+//! The agent asks for the lowest `oom_score_adj` (-1000: never chosen) in [`protect_self`]. That
+//! needs CAP_SYS_RESOURCE, which a sandbox does not grant, and some kernels refuse it even to root
+//! (this project's CI VMs answer EIO); the runtime config does not set `oomScoreAdj` because crun
+//! fails the whole container when that write fails. So the agent's children carry the difference
+//! instead: between fork and exec each child sets its own score ([`reset_in_child`]) to
+//! [`CHILD_OOM_SCORE_ADJ`] (0) when the agent got -1000, or to [`CHILD_OOM_SCORE_ADJ_MAX`] (1000)
+//! when it did not. Raising one's own score needs no privilege. At 1000 a child's badness is its
+//! memory plus the whole memory limit, so the OOM killer chooses any child over the agent; among
+//! children the order is unchanged (all have the same adjustment).
 //!
-//! Known limit: a sandbox process without CAP_SYS_RESOURCE can lower its score back down to the
-//! value the agent was *given* (the kernel's `oom_score_adj_min`), so a hostile process can make
-//! itself as unkillable as the agent; that only harms its own sandbox.
+//! Known limit: a sandbox process may lower its own score back down to the lowest value the
+//! agent was *given* (the kernel's `oom_score_adj_min`, normally 0) without privilege, and so
+//! compete with the agent again; that only harms its own sandbox.
 
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The agent's own score: the OOM killer never picks it.
 pub const AGENT_OOM_SCORE_ADJ: i32 = -1000;
-/// The score every child starts with (the kernel's default).
+/// The score children start with when the agent has [`AGENT_OOM_SCORE_ADJ`] (the default).
 pub const CHILD_OOM_SCORE_ADJ: i32 = 0;
+/// The score children start with when the agent could not lower its own.
+pub const CHILD_OOM_SCORE_ADJ_MAX: i32 = 1000;
+
+/// Whether children start at [`CHILD_OOM_SCORE_ADJ_MAX`]; set by [`protect_self`] (read between
+/// fork and exec, so an atomic).
+static CHILDREN_AT_MAX: AtomicBool = AtomicBool::new(true);
 
 const PATH: &str = "/proc/self/oom_score_adj";
 
@@ -31,40 +41,53 @@ pub fn current() -> io::Result<i32> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{PATH}: {s:?}: {e}")))
 }
 
-/// Lowers the agent's own score to [`AGENT_OOM_SCORE_ADJ`], or as low as it may; returns the
-/// score it ends with.
+/// Lowers the agent's own score to [`AGENT_OOM_SCORE_ADJ`] if it may, and picks the score its
+/// children start with accordingly; returns the agent's score.
 pub fn protect_self() -> io::Result<i32> {
-    if current()? <= AGENT_OOM_SCORE_ADJ {
-        return Ok(AGENT_OOM_SCORE_ADJ);
-    }
-    match std::fs::write(PATH, AGENT_OOM_SCORE_ADJ.to_string()) {
-        Ok(()) => current(),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+    let score = match std::fs::write(PATH, AGENT_OOM_SCORE_ADJ.to_string()) {
+        Ok(()) => current()?,
+        Err(e) => {
             let now = current()?;
-            tracing::warn!(
+            tracing::info!(
                 oom_score_adj = now,
-                "cannot lower the agent's oom_score_adj (no CAP_SYS_RESOURCE and the runtime did \
-                 not set oomScoreAdj): the OOM killer may pick PID 1"
+                error = %e,
+                children = CHILD_OOM_SCORE_ADJ_MAX,
+                "cannot lower the agent's oom_score_adj; children start at the maximum instead"
             );
-            Ok(now)
+            now
         }
-        Err(e) => Err(e),
+    };
+    CHILDREN_AT_MAX.store(score > AGENT_OOM_SCORE_ADJ, Ordering::SeqCst);
+    Ok(score)
+}
+
+/// The score children start with now.
+pub fn child_score() -> i32 {
+    if CHILDREN_AT_MAX.load(Ordering::SeqCst) {
+        CHILD_OOM_SCORE_ADJ_MAX
+    } else {
+        CHILD_OOM_SCORE_ADJ
     }
 }
 
-/// Makes the child started by `cmd` reset its `oom_score_adj` to [`CHILD_OOM_SCORE_ADJ`] before
-/// it execs. A failure (no /proc) is ignored: the exec itself must not fail for it.
+/// Makes the child started by `cmd` set its `oom_score_adj` to [`child_score`] before it execs
+/// (call it before any step that drops root: the child may then no longer write its /proc
+/// files). A failure (no /proc) is ignored: the exec itself must not fail for it.
 pub fn reset_in_child(cmd: &mut Command) {
     const PATH_C: &[u8] = b"/proc/self/oom_score_adj\0";
-    const VALUE: &[u8] = b"0";
-    const _: () = assert!(CHILD_OOM_SCORE_ADJ == 0, "VALUE spells CHILD_OOM_SCORE_ADJ");
-    // SAFETY: runs between fork and exec; only the async-signal-safe open/write/close syscalls on
-    // static data.
+    const _: () = assert!(CHILD_OOM_SCORE_ADJ == 0 && CHILD_OOM_SCORE_ADJ_MAX == 1000);
+    // SAFETY: runs between fork and exec; only an atomic load and the async-signal-safe
+    // open/write/close syscalls on static data.
     unsafe {
         cmd.pre_exec(|| {
+            let value: &[u8] = if CHILDREN_AT_MAX.load(Ordering::SeqCst) {
+                b"1000"
+            } else {
+                b"0"
+            };
             let fd = libc::open(PATH_C.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
-                libc::write(fd, VALUE.as_ptr().cast(), VALUE.len());
+                libc::write(fd, value.as_ptr().cast(), value.len());
                 libc::close(fd);
             }
             Ok(())

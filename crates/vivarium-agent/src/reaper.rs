@@ -13,8 +13,8 @@
 //! (or failed and been waited for by std) and its waiter is registered; the reaper holds it around
 //! every `waitpid(-1)`. No `waitpid(-1)` can run while a spawn is in flight.
 //!
-//! Every child also gets its OOM score reset (see [`crate::oom`]): the agent protects itself from
-//! the OOM killer, its children must not inherit that.
+//! Every child also gets its OOM score set (see [`crate::oom`]) so the OOM killer picks children
+//! over the agent.
 
 use std::collections::HashMap;
 use std::io;

@@ -58,9 +58,11 @@ pub struct CreateRunRequest {
     /// `GET /v1/runs?metadata[KEY]=VALUE` filters on them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
-    /// `nat` (default): own network namespace with NAT egress. `none`: loopback only.
+    /// `"nat"` (default): own network namespace, NAT egress to the public internet only. `"none"`:
+    /// loopback only. Or an object `{"mode", "allow_out", "deny_out"}` with egress rules (see
+    /// [`NetworkPolicy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkMode>,
+    pub network: Option<NetworkRequest>,
     /// Desktop screen size `[width, height]` (default 1280×800). Desktop images only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<[u32; 2]>,
@@ -146,6 +148,61 @@ pub enum NetworkMode {
     None,
 }
 
+/// `network` of a create request: a mode, or a mode with egress rules.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum NetworkRequest {
+    Mode(NetworkMode),
+    Policy(NetworkPolicy),
+}
+
+impl From<NetworkMode> for NetworkRequest {
+    fn from(m: NetworkMode) -> Self {
+        NetworkRequest::Mode(m)
+    }
+}
+
+impl NetworkRequest {
+    pub fn policy(&self) -> NetworkPolicy {
+        match self {
+            NetworkRequest::Mode(mode) => NetworkPolicy {
+                mode: *mode,
+                ..Default::default()
+            },
+            NetworkRequest::Policy(p) => p.clone(),
+        }
+    }
+}
+
+/// A sandbox's egress rules. Destinations are IPv4 CIDRs (`10.1.2.0/24`) or addresses.
+///
+/// Precedence, first match wins:
+/// 1. never reachable, whatever the rules say: the host itself, other sandboxes, loopback,
+///    link-local (cloud metadata services), multicast and reserved addresses;
+/// 2. `deny_out`: dropped;
+/// 3. `allow_out`: allowed (this is how a sandbox is let into a private network, e.g.
+///    `10.20.0.0/16`); when `allow_out` is given, every destination not in it is dropped (DNS to
+///    the host's resolvers excepted);
+/// 4. without `allow_out`: the public internet is allowed, private ranges (RFC 1918, CGNAT) are
+///    not.
+///
+/// IPv6 is off in sandboxes, so IPv6 rules are refused; so is a CIDR in both lists, and rules with
+/// `mode: "none"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// At most 64 CIDRs.
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// At most 64 CIDRs.
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +227,10 @@ pub struct Run {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mib: Option<u64>,
     pub network: NetworkMode,
+    /// The egress rules the sandbox was created with (empty lists: the default, public internet
+    /// only).
+    #[serde(default)]
+    pub network_policy: NetworkPolicy,
     /// The sandbox's address on its veth (reachable from the host only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,

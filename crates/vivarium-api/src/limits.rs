@@ -41,6 +41,9 @@ pub const MAX_METADATA_KEY_BYTES: usize = 256;
 /// Longest metadata value in bytes.
 pub const MAX_METADATA_VALUE_BYTES: usize = 4096;
 
+/// Most CIDRs in each of a sandbox's `allow_out` and `deny_out`.
+pub const MAX_EGRESS_RULES: usize = 64;
+
 /// Longest image reference in bytes.
 pub const MAX_IMAGE_REF_BYTES: usize = 1024;
 

@@ -131,6 +131,8 @@ pub struct SandboxSpec {
     /// Caps the scratch layer (sparse ext4 image, loop-mounted) when set.
     pub disk_mib: Option<u64>,
     pub network: NetworkMode,
+    /// Egress rules beyond the firewall's defaults (`Nat` only).
+    pub egress: net::Egress,
     /// Host path of the agent; appears read-only at `/.vivarium/agent` and runs as PID 1.
     pub agent_binary: PathBuf,
     /// argv[1..] of the agent (argv[0] is `/.vivarium/agent`).
@@ -178,6 +180,8 @@ struct Inner {
     cgroups: Cgroups,
     crun: Crun,
     alloc: Allocator,
+    /// The host's IPv4 resolvers (read at start), which sandboxes may always reach on port 53.
+    nameservers: Vec<Ipv4Addr>,
 }
 
 fn validate_id(id: &str) -> Result<(), DriverError> {
@@ -488,8 +492,17 @@ impl Inner {
             NetworkMode::Nat => {
                 let plan = self.alloc.allocate(id, None)?;
                 net::create_nat(&ns_name, &plan)?;
-                // Under the firewall's rules before the first packet can pass.
-                net::guard_veth(&self.table(), &plan.veth)?;
+                // Under the firewall's rules before the first packet can pass. The egress rules are
+                // kept beside the run, so a restarted driver rebuilds them.
+                let egress_file = dir.join("egress.json");
+                std::fs::write(
+                    &egress_file,
+                    serde_json::to_vec(&spec.egress).map_err(|e| {
+                        io_err("serialize egress rules".into(), std::io::Error::other(e))
+                    })?,
+                )
+                .map_err(|e| io_err(format!("write {}", egress_file.display()), e))?;
+                net::guard_veth(&self.table(), &plan.veth, &spec.egress, &self.nameservers)?;
                 net::veth_up(&plan.veth)?;
                 (Some(plan.ip), Some(plan.host_ip))
             }
@@ -685,20 +698,29 @@ impl Driver {
             }
         }
         let alloc = Allocator::new(cfg.state_dir.join("net"), cfg.subnet);
-        // Rebuilt at every start: the sandboxes that exist now keep their veths guarded.
+        // Rebuilt at every start: the sandboxes that exist now keep their veths guarded and their
+        // egress rules.
         let veths = alloc
             .entries()
             .into_iter()
-            .filter_map(|(index, _)| net::plan(&cfg.subnet, index))
-            .map(|p| p.veth)
-            .filter(|v| Path::new("/sys/class/net").join(v).exists())
+            .filter(|(_, id)| validate_id(id).is_ok())
+            .filter_map(|(index, id)| Some((net::plan(&cfg.subnet, index)?, id)))
+            .filter(|(p, _)| Path::new("/sys/class/net").join(&p.veth).exists())
+            .map(|(p, id)| {
+                let file = cfg.state_dir.join("runs").join(&id).join("egress.json");
+                let egress = std::fs::read(&file)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                (p.veth, egress)
+            })
             .collect();
+        let nameservers =
+            net::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
         net::install_firewall(&net::Firewall {
             table: cfg.cgroup_parent.replace('-', "_"),
             subnet: cfg.subnet,
-            nameservers: net::nameservers(
-                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            ),
+            nameservers: nameservers.clone(),
             veths,
         })?;
         info!(mode = ?cgroups.mode, runtime = %version, state_dir = %cfg.state_dir.display(), "isolation driver ready");
@@ -708,6 +730,7 @@ impl Driver {
                 cgroups,
                 crun,
                 alloc,
+                nameservers,
             }),
         })
     }

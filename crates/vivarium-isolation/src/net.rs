@@ -53,26 +53,43 @@ pub fn plan(subnet: &Ipv4Net, index: u32) -> Option<NetPlan> {
     })
 }
 
-/// IPv4 destinations a sandbox never reaches (besides the host itself, which the input chain
-/// guards, and the sandbox subnet): "this network", RFC 1918 private networks, carrier-grade NAT
-/// (RFC 6598, where cloud and ISP internal services live), loopback, link-local (cloud metadata
-/// services at 169.254.169.254 among them), IETF protocol assignments, 6to4 relays, benchmarking,
-/// multicast and the reserved/broadcast block. The documentation ranges (TEST-NET-1..3) are public
-/// space that is never routed, so they are left alone.
-pub const DENIED_V4: &[&str] = &[
+/// Destinations no sandbox reaches, whatever its egress rules: "this network", loopback,
+/// link-local (cloud metadata services at 169.254.169.254 among them), multicast, reserved.
+pub const ALWAYS_DENIED_V4: &[&str] = &[
     "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
     "127.0.0.0/8",
     "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+/// Private destinations denied unless a sandbox's `allow` names them: RFC 1918, CGNAT, IETF
+/// protocol assignments, 6to4 relays, benchmarking.
+pub const PRIVATE_V4: &[&str] = &[
+    "10.0.0.0/8",
+    "100.64.0.0/10",
     "172.16.0.0/12",
     "192.0.0.0/24",
     "192.88.99.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
 ];
+
+/// One sandbox's egress rules (see the API's `NetworkPolicy` for their meaning).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Egress {
+    /// When not empty: the only destinations allowed (besides DNS to the host's resolvers).
+    #[serde(default)]
+    pub allow: Vec<Ipv4Net>,
+    /// Destinations dropped (before `allow`).
+    #[serde(default)]
+    pub deny: Vec<Ipv4Net>,
+}
+
+impl Egress {
+    pub fn is_default(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
 
 /// What the instance's nftables table is built from.
 #[derive(Debug, Clone)]
@@ -83,8 +100,53 @@ pub struct Firewall {
     /// Resolvers sandboxes may reach on port 53 although they are in a denied range (the host's
     /// `/etc/resolv.conf` often names one on the LAN).
     pub nameservers: Vec<Ipv4Addr>,
-    /// Host-side veths of the sandboxes that exist now (the table is rebuilt at every start).
-    pub veths: Vec<String>,
+    /// Host-side veths of the sandboxes that exist now (the table is rebuilt at every start), with
+    /// their egress rules.
+    pub veths: Vec<(String, Egress)>,
+}
+
+fn cidrs(nets: &[Ipv4Net]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The name of a sandbox's egress chain.
+fn egress_chain(veth: &str) -> String {
+    format!("egress_{veth}")
+}
+
+/// nft statements (for an `nft -f` script) that create a sandbox's egress chain and map its veth
+/// to it. Nothing for the default rules.
+fn egress_statements(table: &str, veth: &str, egress: &Egress, nameservers: &[Ipv4Addr]) -> String {
+    if egress.is_default() {
+        return String::new();
+    }
+    let chain = egress_chain(veth);
+    let mut rules = Vec::new();
+    if !egress.deny.is_empty() {
+        rules.push(format!("ip daddr {{ {} }} drop", cidrs(&egress.deny)));
+    }
+    if !egress.allow.is_empty() {
+        rules.push(format!("ip daddr {{ {} }} accept", cidrs(&egress.allow)));
+        if !nameservers.is_empty() {
+            let ns: Vec<String> = nameservers.iter().map(|a| a.to_string()).collect();
+            rules.push(format!(
+                "ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept",
+                ns.join(", ")
+            ));
+        }
+        rules.push("drop".into());
+    }
+    let mut out = format!("add chain inet {table} {chain}\n");
+    for r in rules {
+        out.push_str(&format!("add rule inet {table} {chain} {r}\n"));
+    }
+    out.push_str(&format!(
+        "add element inet {table} egress {{ \"{veth}\" : jump {chain} }}\n"
+    ));
+    out
 }
 
 /// The nftables script that (re)creates the instance's table atomically. Idempotent: the table is
@@ -108,7 +170,7 @@ pub fn nft_script(fw: &Firewall) -> String {
         nameservers,
         veths,
     } = fw;
-    let quoted: Vec<String> = veths.iter().map(|v| format!("\"{v}\"")).collect();
+    let quoted: Vec<String> = veths.iter().map(|(v, _)| format!("\"{v}\"")).collect();
     let veth_elements = if quoted.is_empty() {
         String::new()
     } else {
@@ -123,7 +185,12 @@ pub fn nft_script(fw: &Firewall) -> String {
             ns.join(", ")
         )
     };
-    let denied = DENIED_V4.join(", ");
+    let always = ALWAYS_DENIED_V4.join(", ");
+    let private = PRIVATE_V4.join(", ");
+    let egress: String = veths
+        .iter()
+        .map(|(v, e)| egress_statements(table, v, e, nameservers))
+        .collect();
     format!(
         "table ip {table}\n\
          delete table ip {table}\n\
@@ -131,6 +198,7 @@ pub fn nft_script(fw: &Firewall) -> String {
          delete table inet {table}\n\
          table inet {table} {{\n\
          \tset veths {{ type ifname;{veth_elements} }}\n\
+         \tmap egress {{ type ifname : verdict; }}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {subnet} ip daddr != {subnet} masquerade\n\
@@ -146,13 +214,16 @@ pub fn nft_script(fw: &Firewall) -> String {
          \t\tiifname @veths meta nfproto ipv6 drop\n\
          \t\tiifname @veths ip saddr != {subnet} drop\n\
          \t\tiifname @veths fib saddr . iif oif missing drop\n\
-         {dns_rule}\
-         \t\tiifname @veths ip daddr {{ {denied} }} drop\n\
          \t\tiifname @veths ip daddr {subnet} drop\n\
+         \t\tiifname @veths ip daddr {{ {always} }} drop\n\
+         \t\tiifname @veths iifname vmap @egress\n\
+         {dns_rule}\
+         \t\tiifname @veths ip daddr {{ {private} }} drop\n\
          \t\toifname @veths ct state established,related accept\n\
          \t\toifname @veths drop\n\
          \t}}\n\
-         }}\n"
+         }}\n\
+         {egress}"
     )
 }
 
@@ -210,23 +281,37 @@ pub fn install_firewall(fw: &Firewall) -> Result<(), DriverError> {
         .map_err(|e| io_err("enable /proc/sys/net/ipv4/ip_forward".into(), e))
 }
 
-/// Puts a sandbox's host-side veth under the table's rules. Done before the veth is up.
-pub fn guard_veth(table: &str, veth: &str) -> Result<(), DriverError> {
-    let script = format!("add element inet {table} veths {{ \"{veth}\" }}\n");
+/// Puts a sandbox's host-side veth under the table's rules, with its egress rules, in one
+/// transaction. Done before the veth is up.
+pub fn guard_veth(
+    table: &str,
+    veth: &str,
+    egress: &Egress,
+    nameservers: &[Ipv4Addr],
+) -> Result<(), DriverError> {
+    let script = format!(
+        "add element inet {table} veths {{ \"{veth}\" }}\n{}",
+        egress_statements(table, veth, egress, nameservers)
+    );
     run_tool("nft", &["-f", "-"], Some(&script))
 }
 
-/// Removes a deleted sandbox's veth from the table's set (missing: fine).
+/// Removes a deleted sandbox's veth from the table's set and its egress chain (missing pieces:
+/// fine).
 pub fn unguard_veth(table: &str, veth: &str) -> Result<(), DriverError> {
-    let script = format!("delete element inet {table} veths {{ \"{veth}\" }}\n");
-    match run_tool("nft", &["-f", "-"], Some(&script)) {
-        Err(DriverError::Command { stderr, .. })
-            if stderr.contains("No such file") || stderr.contains("does not exist") =>
-        {
-            Ok(())
+    let chain = egress_chain(veth);
+    for script in [
+        format!("delete element inet {table} veths {{ \"{veth}\" }}\n"),
+        format!("delete element inet {table} egress {{ \"{veth}\" }}\n"),
+        format!("delete chain inet {table} {chain}\n"),
+    ] {
+        match run_tool("nft", &["-f", "-"], Some(&script)) {
+            Err(DriverError::Command { stderr, .. })
+                if stderr.contains("No such file") || stderr.contains("does not exist") => {}
+            other => other?,
         }
-        other => other,
     }
+    Ok(())
 }
 
 /// Removes the instance's table (both the current `inet` one and an `ip` one of older versions).
@@ -419,7 +504,10 @@ mod tests {
             table: "vvunit".into(),
             subnet: "10.88.0.0/16".parse().unwrap(),
             nameservers: ns.to_vec(),
-            veths: veths.iter().map(|v| v.to_string()).collect(),
+            veths: veths
+                .iter()
+                .map(|v| (v.to_string(), Egress::default()))
+                .collect(),
         }
     }
 
@@ -440,11 +528,14 @@ mod tests {
         assert!(t.contains(
             "iifname @veths ip daddr { 192.168.1.1 } meta l4proto { tcp, udp } th dport 53 accept"
         ));
-        for range in DENIED_V4 {
+        for range in ALWAYS_DENIED_V4.iter().chain(PRIVATE_V4) {
             assert!(t.contains(range), "{range}");
         }
-        // The resolver exception comes before the private-range drop.
-        assert!(t.find("dport 53 accept").unwrap() < t.find("10.0.0.0/8").unwrap());
+        // Order: always-denied, then a sandbox's own rules, then DNS, then private ranges.
+        let at = |needle: &str| t.find(needle).unwrap();
+        assert!(at("169.254.0.0/16") < at("vmap @egress"));
+        assert!(at("vmap @egress") < at("dport 53 accept"));
+        assert!(at("dport 53 accept") < at("10.0.0.0/8"));
     }
 
     #[test]
@@ -463,6 +554,14 @@ mod tests {
             );
             return;
         }
+        let strict = Egress {
+            allow: vec!["192.168.1.0/24".parse().unwrap()],
+            deny: vec!["192.168.1.7/32".parse().unwrap()],
+        };
+        let deny_only = Egress {
+            allow: vec![],
+            deny: vec!["198.51.100.0/24".parse().unwrap()],
+        };
         for (veths, ns) in [
             (vec![], vec![]),
             (
@@ -470,7 +569,14 @@ mod tests {
                 vec![Ipv4Addr::new(10, 255, 255, 53)],
             ),
         ] {
-            let script = nft_script(&firewall(&veths, &ns));
+            let mut fw = firewall(&veths, &ns);
+            if let Some(v) = fw.veths.get_mut(0) {
+                v.1 = strict.clone();
+            }
+            if let Some(v) = fw.veths.get_mut(1) {
+                v.1 = deny_only.clone();
+            }
+            let script = nft_script(&fw);
             let mut child = Command::new("nft")
                 .args(["--check", "-f", "-"])
                 .stdin(Stdio::piped())

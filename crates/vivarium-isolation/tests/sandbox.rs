@@ -82,6 +82,7 @@ fn spec(e: &Env, id: &str, script: &str) -> SandboxSpec {
         shm_mib: 64,
         disk_mib: None,
         network: NetworkMode::Nat,
+        egress: Default::default(),
         agent_binary: e.agent.clone(),
         agent_args: vec![script.to_string()],
     }

@@ -157,6 +157,7 @@ mod tests {
                 mem_mib: 64,
                 disk_mib: None,
                 network: NetworkMode::Nat,
+                network_policy: Default::default(),
                 ip: None,
                 env: Default::default(),
                 metadata: [("team".to_string(), "a".to_string())].into(),

@@ -409,6 +409,9 @@ impl Runner {
                 ),
             ));
         }
+        if let Some(n) = &req.network {
+            limits::check_network(&n.policy())?;
+        }
         let available = self.driver.available_disk_mib().ok();
         if let Some(d) = req.disk_mib {
             limits::check_disk(d, available)?;
@@ -472,7 +475,9 @@ impl Runner {
         let id = new_id();
         let _busy = self.busy(&id);
         let now = Utc::now();
-        let network = req.network.unwrap_or_default();
+        let network_policy = req.network.as_ref().map(|n| n.policy()).unwrap_or_default();
+        let egress = limits::check_network(&network_policy)?;
+        let network = network_policy.mode;
         // Every sandbox's writable layer is capped: the default, or less when the host has less.
         let disk_mib = req.disk_mib.unwrap_or_else(|| {
             self.driver
@@ -497,6 +502,7 @@ impl Runner {
                 mem_mib,
                 disk_mib: Some(disk_mib),
                 network,
+                network_policy,
                 ip: None,
                 env: req.env.clone(),
                 metadata: req.metadata.clone(),
@@ -546,6 +552,7 @@ impl Runner {
                 NetworkMode::Nat => vivarium_isolation::NetworkMode::Nat,
                 NetworkMode::None => vivarium_isolation::NetworkMode::None,
             },
+            egress,
             agent_binary: self.cfg.agent_binary.clone(),
             agent_args,
         };

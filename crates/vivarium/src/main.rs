@@ -352,7 +352,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     timeout_s: *timeout,
                     env: kv(env, "--env")?,
                     metadata: kv(metadata, "--metadata")?,
-                    network: no_network.then_some(NetworkMode::None),
+                    network: no_network.then_some(NetworkMode::None.into()),
                     ..Default::default()
                 })
                 .await?;

@@ -380,7 +380,7 @@ async fn isolation() {
         .client
         .create_run(&CreateRunRequest {
             mem_mib: Some(64),
-            network: Some(NetworkMode::None),
+            network: Some(NetworkMode::None.into()),
             ..create(&img)
         })
         .await

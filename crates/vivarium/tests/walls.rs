@@ -178,7 +178,7 @@ fn host_addresses(family: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_walls_hold_and_nat_egress_works() {
-    let r = Runner::start().await;
+    let mut r = Runner::start().await;
     let img = r.import_busybox("local/busybox:walls").await;
     let lan = TestHost::start("l", [192, 168, 213], 0);
     let internet = TestHost::start("i", [203, 0, 113], 8);
@@ -255,9 +255,131 @@ async fn network_walls_hold_and_nat_egress_works() {
     let (ok, out) = reaches(&r, &a.id, &lan.addr, 8080).await;
     p.held("a LAN host (RFC 1918)", !ok, &out);
 
+    // Per-sandbox egress rules. c: the default plus a deny rule for the internet host. d: an
+    // allowlist that opens the LAN host's network and all of 10/8 (which holds the sandboxes'
+    // own subnet: other sandboxes stay unreachable whatever the rules say).
+    let with_policy = |allow: &[&str], deny: &[&str]| CreateRunRequest {
+        network: Some(vivarium_api::NetworkRequest::Policy(
+            vivarium_api::NetworkPolicy {
+                mode: vivarium_api::NetworkMode::Nat,
+                allow_out: allow.iter().map(|s| s.to_string()).collect(),
+                deny_out: deny.iter().map(|s| s.to_string()).collect(),
+            },
+        )),
+        ..new()
+    };
+    let c = r
+        .client
+        .create_run(&with_policy(&[], &[&internet.net]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_policy.deny_out, vec![internet.net.clone()]);
+    let (ok, out) = reaches(&r, &c.id, &internet.addr, 8080).await;
+    p.held("deny_out: a denied public address", !ok, &out);
+    let (ok, out) = reaches(&r, &c.id, &lan.addr, 8080).await;
+    p.held("deny_out: a LAN host stays unreachable", !ok, &out);
+    let d = r
+        .client
+        .create_run(&with_policy(&[&lan.net, "10.0.0.0/8"], &[]))
+        .await
+        .unwrap();
+    let (ok, out) = reaches(&r, &d.id, &lan.addr, 8080).await;
+    assert!(ok, "allow_out did not open the LAN host: {out}");
+    println!("OK     allow_out opens {} (the LAN test host)", lan.addr);
+    let (ok, out) = reaches(&r, &d.id, &internet.addr, 8080).await;
+    p.held("allow_out: an address outside the allowlist", !ok, &out);
+    let (ok, out) = reaches(&r, &d.id, b_ip, 8080).await;
+    p.held("allow_out 10/8: another sandbox", !ok, &out);
+    let (ok, out) = reaches(&r, &d.id, &host_ip, p4).await;
+    p.held("allow_out: the host", !ok, &out);
+
+    // A restarted runner rebuilds the table with every sandbox's rules.
+    r.kill9();
+    r.spawn().await;
+    let (ok, out) = reaches(&r, &c.id, &internet.addr, 8080).await;
+    p.held(
+        "after a restart, deny_out: a denied public address",
+        !ok,
+        &out,
+    );
+    let (ok, out) = reaches(&r, &d.id, &lan.addr, 8080).await;
+    assert!(
+        ok,
+        "after a restart allow_out no longer opens the LAN host: {out}"
+    );
+    let (ok, out) = reaches(&r, &d.id, &internet.addr, 8080).await;
+    p.held(
+        "after a restart, allow_out: outside the allowlist",
+        !ok,
+        &out,
+    );
+    let (ok, out) = reaches(&r, &a.id, &lan.addr, 8080).await;
+    p.held("after a restart, a LAN host", !ok, &out);
+
     drop(lan);
     drop(internet);
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}
+
+/// Bad egress rules are a 400 naming the field, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policy_bad_input() {
+    let r = Runner::start().await;
+    let img = r.import_busybox("local/busybox:policy").await;
+    for (network, field) in [
+        (r#"{"allow_out": ["10.0.0.0/33"]}"#, "network.allow_out[0]"),
+        (
+            r#"{"deny_out": ["1.2.3.4", "not-a-cidr"]}"#,
+            "network.deny_out[1]",
+        ),
+        (r#"{"allow_out": ["fd00::/8"]}"#, "network.allow_out[0]"),
+        (
+            r#"{"allow_out": ["192.168.1.0/24"], "deny_out": ["192.168.1.0/24"]}"#,
+            "network.deny_out[0]",
+        ),
+        (
+            r#"{"mode": "none", "deny_out": ["1.2.3.4/32"]}"#,
+            "network.mode",
+        ),
+    ] {
+        let body = format!(r#"{{"image": "{img}", "network": {network}}}"#);
+        let (status, text) = r
+            .client
+            .raw(
+                reqwest::Method::POST,
+                "/v1/runs",
+                Some(body),
+                Some(common::KEY),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 400, "{network}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["field"], field, "{network}: {text}");
+    }
+    let too_many: Vec<String> = (0..65).map(|i| format!("\"203.0.113.{i}\"")).collect();
+    let body = format!(
+        r#"{{"image": "{img}", "network": {{"deny_out": [{}]}}}}"#,
+        too_many.join(",")
+    );
+    let (status, text) = r
+        .client
+        .raw(
+            reqwest::Method::POST,
+            "/v1/runs",
+            Some(body),
+            Some(common::KEY),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 400, "{text}");
+    assert!(text.contains("network.deny_out"), "{text}");
+    assert!(r
+        .client
+        .list_runs(&Default::default())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// The kernel walls: what root inside a sandbox tries first to get out. Every probe must fail.

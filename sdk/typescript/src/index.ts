@@ -51,4 +51,5 @@ export type {
   MouseButton,
   ScrollDirection,
   ImageFormat,
+  NetworkPolicy,
 } from "./types.js";

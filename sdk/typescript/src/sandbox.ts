@@ -15,6 +15,7 @@ import {
   type ScrollDirection,
   type WindowInfo,
   sandboxInfo,
+  type NetworkPolicy,
 } from "./types.js";
 
 /** Creating a sandbox can include pulling its image and starting a desktop. */
@@ -43,7 +44,8 @@ export interface SandboxOptions extends ConnectionOptions {
   /** Start the desktop session (default: when the image is a desktop image). */
   desktop?: boolean;
   /** `nat` (default) or `none` (loopback only). */
-  network?: "nat" | "none";
+  /** `"nat"` (default: the public internet only), `"none"`, or egress rules (IPv4 CIDRs). */
+  network?: "nat" | "none" | NetworkPolicy;
 }
 
 export interface ScreenshotOptions {

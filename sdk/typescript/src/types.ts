@@ -1,6 +1,13 @@
 /** Wire shapes of the runner's `/v1` API (snake_case, as sent) and their camelCase SDK forms. */
 
 /** `Run` as the API sends it. */
+/** A sandbox's egress rules: deny_out wins over allow_out; with allow_out, only those (and DNS). */
+export interface NetworkPolicy {
+  mode?: "nat" | "none";
+  allow_out?: string[];
+  deny_out?: string[];
+}
+
 export interface RunWire {
   id: string;
   state: "creating" | "running" | "deleting" | "failed";

@@ -2,6 +2,7 @@
 //! every violation is a 400 naming the field.
 
 use std::collections::BTreeMap;
+use vivarium_api as api;
 
 use vivarium_api::limits as lim;
 
@@ -62,6 +63,63 @@ pub fn check_disk(disk_mib: u64, available_mib: Option<u64>) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// A create's `network` policy: CIDRs that parse, IPv4 only, at most
+/// [`lim::MAX_EGRESS_RULES`] per list, none in both lists, no rules without a network.
+pub fn check_network(p: &api::NetworkPolicy) -> ApiResult<vivarium_isolation::net::Egress> {
+    let parse = |list: &[String], name: &str| -> ApiResult<Vec<vivarium_isolation::Ipv4Net>> {
+        if list.len() > lim::MAX_EGRESS_RULES {
+            return Err(ApiError::invalid(
+                format!("network.{name}"),
+                format!(
+                    "at most {} CIDRs, got {}",
+                    lim::MAX_EGRESS_RULES,
+                    list.len()
+                ),
+            ));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let field = format!("network.{name}[{i}]");
+                if c.contains(':') {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!("{c:?}: IPv6 is off in sandboxes; give IPv4 CIDRs"),
+                    ));
+                }
+                let net = c
+                    .parse::<vivarium_isolation::Ipv4Net>()
+                    .or_else(|_| {
+                        c.parse::<std::net::Ipv4Addr>()
+                            .map(vivarium_isolation::Ipv4Net::from)
+                    })
+                    .map_err(|_| {
+                        ApiError::invalid(
+                            field.clone(),
+                            format!("{c:?} is not an IPv4 CIDR (like 10.1.0.0/16) or address"),
+                        )
+                    })?;
+                Ok(net.trunc())
+            })
+            .collect()
+    };
+    let allow = parse(&p.allow_out, "allow_out")?;
+    let deny = parse(&p.deny_out, "deny_out")?;
+    if p.mode == api::NetworkMode::None && !(allow.is_empty() && deny.is_empty()) {
+        return Err(ApiError::invalid(
+            "network.mode",
+            "egress rules need a network: mode \"none\" has none",
+        ));
+    }
+    if let Some((i, d)) = deny.iter().enumerate().find(|(_, d)| allow.contains(d)) {
+        return Err(ApiError::invalid(
+            format!("network.deny_out[{i}]"),
+            format!("{d} is in both allow_out and deny_out"),
+        ));
+    }
+    Ok(vivarium_isolation::net::Egress { allow, deny })
 }
 
 /// An `env` map of a create or an exec.

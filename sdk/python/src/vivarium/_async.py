@@ -336,7 +336,7 @@ class AsyncSandbox:
         envs: Mapping[str, str] | None = None,
         resolution: tuple[int, int] | None = None,
         desktop: bool | None = None,
-        network: Literal["nat", "none"] | None = None,
+        network: Literal["nat", "none"] | Mapping[str, Any] | None = None,
         disk_mib: int | None = None,
         on_failure: Literal["keep", "delete"] | None = None,
         api_key: str | None = None,

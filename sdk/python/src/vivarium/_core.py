@@ -208,7 +208,7 @@ def create_req(
     envs: Mapping[str, str] | None,
     resolution: tuple[int, int] | None,
     desktop: bool | None,
-    network: str | None,
+    network: str | Mapping[str, Any] | None,
     disk_mib: int | None,
     on_failure: str | None = None,
 ) -> Req:
@@ -236,7 +236,8 @@ def create_req(
     if desktop is not None:
         body["desktop"] = desktop
     if network is not None:
-        body["network"] = network
+        # "nat" | "none", or {"mode", "allow_out": [CIDR...], "deny_out": [CIDR...]}.
+        body["network"] = network if isinstance(network, str) else dict(network)
     if on_failure is not None:
         body["on_failure"] = on_failure
     return Req("POST", "/v1/runs", json=body)

@@ -147,6 +147,12 @@ pub(crate) fn apply_layer<R: Read>(root: &Path, reader: R) -> Result<(), ImageEr
                 make_opaque(&root, &dir, &seen)?;
             } else if hidden.starts_with(WHITEOUT_PREFIX) {
                 // Other AUFS metadata (`.wh..wh.plnk`, …): not part of the image content.
+            } else if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                // `.wh..` would remove the parent directory (or the whole tree).
+                return Err(ImageError::invalid(
+                    "layer",
+                    format!("whiteout {} names no entry", raw_path.display()),
+                ));
             } else {
                 let target = dir.join(OsStr::from_bytes(hidden));
                 if !seen.contains(rel(&root, &target)) {
@@ -586,6 +592,18 @@ mod tests {
         // A whiteout through the symlink cannot delete a host file either.
         apply(&root, &[E::File("abs/.wh.secret", b"")]).unwrap();
         assert!(outside.join("secret").exists());
+    }
+
+    #[test]
+    fn whiteouts_of_dot_and_dotdot_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        apply(&root, &[E::Dir("sub"), E::File("sub/keep", b"1")]).unwrap();
+        for bad in ["sub/.wh..", "sub/.wh...", ".wh..."] {
+            assert!(apply(&root, &[E::File(bad, b"")]).is_err(), "{bad}");
+            assert!(root.join("sub/keep").exists(), "{bad} removed content");
+        }
     }
 
     #[test]

@@ -184,6 +184,77 @@ struct Inner {
     nameservers: Vec<Ipv4Addr>,
 }
 
+/// The firewall for the sandboxes that exist now: each claimed /30 whose veth is still there, with
+/// the egress rules kept beside its run. Rules that cannot be read fail closed (no egress at all);
+/// a run without the file predates egress rules and gets the default.
+fn firewall_of(cfg: &DriverConfig, alloc: &Allocator, nameservers: &[Ipv4Addr]) -> net::Firewall {
+    let veths = alloc
+        .entries()
+        .into_iter()
+        .filter(|(_, id)| validate_id(id).is_ok())
+        .filter_map(|(index, id)| Some((net::plan(&cfg.subnet, index)?, id)))
+        .filter(|(p, _)| Path::new("/sys/class/net").join(&p.veth).exists())
+        .map(|(p, id)| {
+            let file = cfg.state_dir.join("runs").join(&id).join("egress.json");
+            let egress = match std::fs::read(&file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => net::Egress::default(),
+                read => read
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_else(|| {
+                        warn!(sandbox = %id, file = %file.display(), "unreadable egress rules: the sandbox gets no egress");
+                        net::Egress {
+                            allow: vec![],
+                            deny: vec!["0.0.0.0/0".parse().expect("valid CIDR")],
+                        }
+                    }),
+            };
+            net::Guarded {
+                veth: p.veth,
+                ip: p.ip,
+                egress,
+            }
+        })
+        .collect();
+    net::Firewall {
+        table: cfg.cgroup_parent.replace('-', "_"),
+        subnet: cfg.subnet,
+        nameservers: nameservers.to_vec(),
+        veths,
+    }
+}
+
+/// Remembers the subnet an instance's address claims were made from, and refuses another while
+/// claims exist: veth names and firewall elements are derived from it, so a runner restarted with
+/// a different `--subnet` would leave running sandboxes outside the walls.
+fn pin_subnet(net_dir: &Path, subnet: &Ipv4Net) -> Result<(), DriverError> {
+    std::fs::create_dir_all(net_dir)
+        .map_err(|e| io_err(format!("create {}", net_dir.display()), e))?;
+    let file = net_dir.join("subnet");
+    let claims = std::fs::read_dir(net_dir)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+        })
+        .unwrap_or(false);
+    match std::fs::read_to_string(&file) {
+        Ok(old) if old.trim() != subnet.to_string() && claims => {
+            return Err(DriverError::InvalidSpec(format!(
+                "this state dir's sandboxes have addresses from subnet {}, not {subnet}: restart \
+                 with --subnet {} (or delete its sandboxes first)",
+                old.trim(),
+                old.trim()
+            )))
+        }
+        _ => {}
+    }
+    std::fs::write(&file, subnet.to_string())
+        .map_err(|e| io_err(format!("write {}", file.display()), e))
+}
+
 fn validate_id(id: &str) -> Result<(), DriverError> {
     let ok = !id.is_empty()
         && id.len() <= 48
@@ -403,8 +474,8 @@ impl Inner {
     fn create_inner(&self, spec: &SandboxSpec, dir: &Path) -> Result<Sandbox, DriverError> {
         let t0 = Instant::now();
         let id = &spec.id;
-        let (rootfs, sock, etc) = (dir.join("rootfs"), dir.join("sock"), dir.join("etc"));
-        mkdirs(&[&rootfs, &sock, &etc])?;
+        let rootfs = dir.join("rootfs");
+        mkdirs(&[&rootfs])?;
 
         // Scratch layer (optionally capped by a loop-mounted ext4 image).
         let scratch = if let Some(mib) = spec.disk_mib {
@@ -442,7 +513,10 @@ impl Inner {
             dir.to_path_buf()
         };
         let (upper, work) = (scratch.join("upper"), scratch.join("work"));
-        mkdirs(&[&upper, &work])?;
+        // The agent's socket dir and the generated /etc files are bind-mounted writable into the
+        // sandbox: on the scratch disk, what it writes there counts against its cap too.
+        let (sock, etc) = (scratch.join("sock"), scratch.join("etc"));
+        mkdirs(&[&upper, &work, &sock, &etc])?;
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             spec.rootfs.display(),
@@ -502,7 +576,15 @@ impl Inner {
                     })?,
                 )
                 .map_err(|e| io_err(format!("write {}", egress_file.display()), e))?;
-                net::guard_veth(&self.table(), &plan.veth, &spec.egress, &self.nameservers)?;
+                net::guard_veth(
+                    &self.table(),
+                    &net::Guarded {
+                        veth: plan.veth.clone(),
+                        ip: plan.ip,
+                        egress: spec.egress.clone(),
+                    },
+                    &self.nameservers,
+                )?;
                 net::veth_up(&plan.veth)?;
                 (Some(plan.ip), Some(plan.host_ip))
             }
@@ -596,11 +678,11 @@ impl Inner {
         for m in mounts_under(&dir) {
             note(umount(&m));
         }
-        let veths: Vec<String> = self.alloc.held_by(id).into_iter().map(|p| p.veth).collect();
+        let plans = self.alloc.held_by(id);
         note(net::delete(&self.netns_name(id), None));
-        for v in &veths {
-            note(net::delete(&self.netns_name(id), Some(v)));
-            note(net::unguard_veth(&self.table(), v));
+        for p in &plans {
+            note(net::delete(&self.netns_name(id), Some(&p.veth)));
+            note(net::unguard_veth(&self.table(), &p.veth, p.ip));
         }
         note(self.alloc.release(id));
         if dir.exists() {
@@ -697,32 +779,11 @@ impl Driver {
                 return Err(DriverError::Unsupported(format!("{tool} not found")));
             }
         }
+        pin_subnet(&cfg.state_dir.join("net"), &cfg.subnet)?;
         let alloc = Allocator::new(cfg.state_dir.join("net"), cfg.subnet);
-        // Rebuilt at every start: the sandboxes that exist now keep their veths guarded and their
-        // egress rules.
-        let veths = alloc
-            .entries()
-            .into_iter()
-            .filter(|(_, id)| validate_id(id).is_ok())
-            .filter_map(|(index, id)| Some((net::plan(&cfg.subnet, index)?, id)))
-            .filter(|(p, _)| Path::new("/sys/class/net").join(&p.veth).exists())
-            .map(|(p, id)| {
-                let file = cfg.state_dir.join("runs").join(&id).join("egress.json");
-                let egress = std::fs::read(&file)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                (p.veth, egress)
-            })
-            .collect();
         let nameservers =
             net::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
-        net::install_firewall(&net::Firewall {
-            table: cfg.cgroup_parent.replace('-', "_"),
-            subnet: cfg.subnet,
-            nameservers: nameservers.clone(),
-            veths,
-        })?;
+        net::install_firewall(&firewall_of(&cfg, &alloc, &nameservers))?;
         info!(mode = ?cgroups.mode, runtime = %version, state_dir = %cfg.state_dir.display(), "isolation driver ready");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -733,6 +794,18 @@ impl Driver {
                 nameservers,
             }),
         })
+    }
+
+    /// Puts the instance's firewall back if something on the host removed it (`nft flush
+    /// ruleset` by a reload of the host's own firewall): the walls must not fail open. Returns
+    /// whether it had to. Cheap when the table is there (one `nft list table`).
+    pub fn ensure_firewall(&self) -> Result<bool, DriverError> {
+        let inner = &self.inner;
+        if net::firewall_present(&inner.table()) {
+            return Ok(false);
+        }
+        net::install_firewall(&firewall_of(&inner.cfg, &inner.alloc, &inner.nameservers))?;
+        Ok(true)
     }
 
     /// Creates and starts a sandbox. On any failure everything already done is undone.
@@ -794,9 +867,15 @@ impl Driver {
         net::netns_path(&self.inner.netns_name(id))
     }
 
-    /// Host directory bind-mounted at `/.vivarium/run` inside the sandbox.
+    /// Host directory bind-mounted at `/.vivarium/run` inside the sandbox (on its scratch disk
+    /// when it has one).
     pub fn socket_dir(&self, id: &str) -> PathBuf {
-        self.inner.run_dir(id).join("sock")
+        let dir = self.inner.run_dir(id);
+        if dir.join("scratch").is_dir() {
+            dir.join("scratch").join("sock")
+        } else {
+            dir.join("sock")
+        }
     }
 
     /// Host path of the sandbox's writable overlay layer (what the sandbox wrote).

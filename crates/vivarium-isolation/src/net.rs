@@ -72,6 +72,8 @@ pub const PRIVATE_V4: &[&str] = &[
     "192.88.99.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
+    // Azure's WireServer (VM agent and host plumbing; a known source of leaked credentials).
+    "168.63.129.16/32",
 ];
 
 /// One sandbox's egress rules (see the API's `NetworkPolicy` for their meaning).
@@ -100,9 +102,18 @@ pub struct Firewall {
     /// Resolvers sandboxes may reach on port 53 although they are in a denied range (the host's
     /// `/etc/resolv.conf` often names one on the LAN).
     pub nameservers: Vec<Ipv4Addr>,
-    /// Host-side veths of the sandboxes that exist now (the table is rebuilt at every start), with
-    /// their egress rules.
-    pub veths: Vec<(String, Egress)>,
+    /// The sandboxes that exist now (the table is rebuilt at every start).
+    pub veths: Vec<Guarded>,
+}
+
+/// One sandbox as the firewall knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guarded {
+    /// Host-side veth.
+    pub veth: String,
+    /// The sandbox's address: the only source accepted from that veth.
+    pub ip: Ipv4Addr,
+    pub egress: Egress,
 }
 
 fn cidrs(nets: &[Ipv4Net]) -> String {
@@ -170,11 +181,20 @@ pub fn nft_script(fw: &Firewall) -> String {
         nameservers,
         veths,
     } = fw;
-    let quoted: Vec<String> = veths.iter().map(|(v, _)| format!("\"{v}\"")).collect();
+    let quoted: Vec<String> = veths.iter().map(|g| format!("\"{}\"", g.veth)).collect();
     let veth_elements = if quoted.is_empty() {
         String::new()
     } else {
         format!(" elements = {{ {} }};", quoted.join(", "))
+    };
+    let pairs: Vec<String> = veths
+        .iter()
+        .map(|g| format!("\"{}\" . {}", g.veth, g.ip))
+        .collect();
+    let source_elements = if pairs.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", pairs.join(", "))
     };
     let dns_rule = if nameservers.is_empty() {
         String::new()
@@ -189,7 +209,7 @@ pub fn nft_script(fw: &Firewall) -> String {
     let private = PRIVATE_V4.join(", ");
     let egress: String = veths
         .iter()
-        .map(|(v, e)| egress_statements(table, v, e, nameservers))
+        .map(|g| egress_statements(table, &g.veth, &g.egress, nameservers))
         .collect();
     format!(
         "table ip {table}\n\
@@ -198,10 +218,16 @@ pub fn nft_script(fw: &Firewall) -> String {
          delete table inet {table}\n\
          table inet {table} {{\n\
          \tset veths {{ type ifname;{veth_elements} }}\n\
+         \tset sources {{ type ifname . ipv4_addr;{source_elements} }}\n\
          \tmap egress {{ type ifname : verdict; }}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {subnet} ip daddr != {subnet} masquerade\n\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\tiifname @veths meta nfproto ipv6 drop\n\
+         \t\tiifname @veths iifname . ip saddr != @sources drop\n\
          \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
@@ -215,9 +241,9 @@ pub fn nft_script(fw: &Firewall) -> String {
          \t\tiifname @veths ip saddr != {subnet} drop\n\
          \t\tiifname @veths fib saddr . iif oif missing drop\n\
          \t\tiifname @veths ip daddr {subnet} drop\n\
+         {dns_rule}\
          \t\tiifname @veths ip daddr {{ {always} }} drop\n\
          \t\tiifname @veths iifname vmap @egress\n\
-         {dns_rule}\
          \t\tiifname @veths ip daddr {{ {private} }} drop\n\
          \t\toifname @veths ct state established,related accept\n\
          \t\toifname @veths drop\n\
@@ -281,26 +307,37 @@ pub fn install_firewall(fw: &Firewall) -> Result<(), DriverError> {
         .map_err(|e| io_err("enable /proc/sys/net/ipv4/ip_forward".into(), e))
 }
 
-/// Puts a sandbox's host-side veth under the table's rules, with its egress rules, in one
-/// transaction. Done before the veth is up.
-pub fn guard_veth(
-    table: &str,
-    veth: &str,
-    egress: &Egress,
-    nameservers: &[Ipv4Addr],
-) -> Result<(), DriverError> {
+/// Puts a sandbox's host-side veth under the table's rules, with its one permitted source address
+/// and its egress rules, in one transaction. Done before the veth is up.
+pub fn guard_veth(table: &str, g: &Guarded, nameservers: &[Ipv4Addr]) -> Result<(), DriverError> {
+    let veth = &g.veth;
     let script = format!(
-        "add element inet {table} veths {{ \"{veth}\" }}\n{}",
-        egress_statements(table, veth, egress, nameservers)
+        "add element inet {table} veths {{ \"{veth}\" }}\n\
+         add element inet {table} sources {{ \"{veth}\" . {} }}\n{}",
+        g.ip,
+        egress_statements(table, veth, &g.egress, nameservers)
     );
     run_tool("nft", &["-f", "-"], Some(&script))
 }
 
-/// Removes a deleted sandbox's veth from the table's set and its egress chain (missing pieces:
+/// Whether the instance's table is still in the kernel (a `nft flush ruleset` elsewhere on the
+/// host, e.g. a reload of the host's own firewall, removes it).
+pub fn firewall_present(table: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Removes a deleted sandbox's veth from the table's sets and its egress chain (missing pieces:
 /// fine).
-pub fn unguard_veth(table: &str, veth: &str) -> Result<(), DriverError> {
+pub fn unguard_veth(table: &str, veth: &str, ip: Ipv4Addr) -> Result<(), DriverError> {
     let chain = egress_chain(veth);
     for script in [
+        format!("delete element inet {table} sources {{ \"{veth}\" . {ip} }}\n"),
         format!("delete element inet {table} veths {{ \"{veth}\" }}\n"),
         format!("delete element inet {table} egress {{ \"{veth}\" }}\n"),
         format!("delete chain inet {table} {chain}\n"),
@@ -346,6 +383,12 @@ pub fn create_nat(name: &str, plan: &NetPlan) -> Result<(), DriverError> {
         hip = plan.host_ip,
     );
     run_tool("ip", &["-batch", "-"], Some(&host))?;
+    // ARP on the host side answers only for the veth's own address (arp_ignore=1) and announces
+    // only that (arp_announce=2): a sandbox learns nothing of the host's other addresses.
+    for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", plan.veth);
+        std::fs::write(&path, value).map_err(|e| io_err(format!("write {path}"), e))?;
+    }
     let inner = format!(
         "link set lo up\n\
          link set eth0 addrgenmode none\n\
@@ -506,7 +549,12 @@ mod tests {
             nameservers: ns.to_vec(),
             veths: veths
                 .iter()
-                .map(|v| (v.to_string(), Egress::default()))
+                .enumerate()
+                .map(|(i, v)| Guarded {
+                    veth: v.to_string(),
+                    ip: Ipv4Addr::new(10, 88, 0, 2 + 4 * i as u8),
+                    egress: Egress::default(),
+                })
                 .collect(),
         }
     }
@@ -518,10 +566,11 @@ mod tests {
         assert!(t.contains("table inet vvunit {"));
         assert!(t.contains(r#"set veths { type ifname; elements = { "vv0a580001" }; }"#));
         assert!(t.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
-        // Input and forward: no IPv6, nothing to the host, no forged source, no private range.
+        // Prerouting, input and forward: no IPv6, nothing to the host, no forged source, no
+        // private range.
         assert_eq!(
             t.matches("iifname @veths meta nfproto ipv6 drop").count(),
-            2
+            3
         );
         assert!(t.contains("iifname @veths fib saddr . iif oif missing drop"));
         assert!(t.contains("iifname @veths ip saddr != 10.88.0.0/16 drop"));
@@ -531,11 +580,18 @@ mod tests {
         for range in ALWAYS_DENIED_V4.iter().chain(PRIVATE_V4) {
             assert!(t.contains(range), "{range}");
         }
-        // Order: always-denied, then a sandbox's own rules, then DNS, then private ranges.
+        // Order: DNS to the host's resolvers (which may be link-local, as on AWS), then the
+        // always-denied ranges, then a sandbox's own rules, then private ranges.
         let at = |needle: &str| t.find(needle).unwrap();
+        assert!(at("dport 53 accept") < at("169.254.0.0/16"));
         assert!(at("169.254.0.0/16") < at("vmap @egress"));
-        assert!(at("vmap @egress") < at("dport 53 accept"));
-        assert!(at("dport 53 accept") < at("10.0.0.0/8"));
+        assert!(at("vmap @egress") < at("10.0.0.0/8"));
+        // Before conntrack: only the sandbox's own address is accepted from its veth.
+        assert!(t.contains("type filter hook prerouting priority raw"));
+        assert!(t.contains(
+            r#"set sources { type ifname . ipv4_addr; elements = { "vv0a580001" . 10.88.0.2 }; }"#
+        ));
+        assert!(t.contains("iifname @veths iifname . ip saddr != @sources drop"));
     }
 
     #[test]
@@ -570,11 +626,11 @@ mod tests {
             ),
         ] {
             let mut fw = firewall(&veths, &ns);
-            if let Some(v) = fw.veths.get_mut(0) {
-                v.1 = strict.clone();
+            if let Some(g) = fw.veths.get_mut(0) {
+                g.egress = strict.clone();
             }
-            if let Some(v) = fw.veths.get_mut(1) {
-                v.1 = deny_only.clone();
+            if let Some(g) = fw.veths.get_mut(1) {
+                g.egress = deny_only.clone();
             }
             let script = nft_script(&fw);
             let mut child = Command::new("nft")

@@ -44,7 +44,9 @@ pub const CAPABILITIES: &[Capability] = &[
 /// its own processes), minus io_uring (`io_uring_*`: a large, often-exploited kernel surface that
 /// Docker too has since dropped). Everything else fails with EPERM: new namespaces (`unshare`,
 /// `setns`, namespace flags of `clone`), the mount family, BPF, perf, keyrings, userfaultfd,
-/// module loading, kexec, reboot, clock setting, quotas, swap. Three more are allowed with
+/// module loading, kexec, reboot, clock setting, quotas, swap. Newer harmless calls glibc uses
+/// (`fchmodat2`, `map_shadow_stack`, `mseal`, `cachestat`) are allowed, since glibc falls back only
+/// on ENOSYS, not EPERM. Three more are allowed with
 /// argument checks in [`seccomp`]: `clone` (no namespace flags), `socket` (no AF_VSOCK) and
 /// `personality` (the harmless values); `clone3` answers ENOSYS so C libraries fall back to
 /// `clone`, whose flags the filter can see.
@@ -101,6 +103,7 @@ pub const ALLOWED_SYSCALLS: &[&str] = &[
     "fchdir",
     "fchmod",
     "fchmodat",
+    "fchmodat2",
     "fchown",
     "fchown32",
     "fchownat",
@@ -195,6 +198,9 @@ pub const ALLOWED_SYSCALLS: &[&str] = &[
     "lstat",
     "lstat64",
     "madvise",
+    "map_shadow_stack",
+    "mseal",
+    "cachestat",
     "membarrier",
     "memfd_create",
     "memfd_secret",
@@ -346,7 +352,6 @@ pub const ALLOWED_SYSCALLS: &[&str] = &[
     "signalfd4",
     "sigprocmask",
     "sigreturn",
-    "socketcall",
     "socketpair",
     "splice",
     "stat",
@@ -409,8 +414,15 @@ pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 /// `personality` values Docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32, and
 /// the query 0xffffffff.
 pub const PERSONALITY_ALLOWED: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
-/// Address family refused by `socket`: AF_VSOCK reaches the hypervisor's host side.
-pub const AF_VSOCK: u64 = 40;
+/// The address families `socket` may open: Unix, IPv4, IPv6 and netlink (Chromium watches
+/// network changes through it). Everything else — AF_VSOCK (the hypervisor's host side), AF_PACKET,
+/// AF_ALG, the exotic protocol families behind many kernel bugs — fails with EPERM.
+pub const SOCKET_FAMILIES: &[u64] = &[
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+    libc::AF_NETLINK as u64,
+];
 
 /// /proc and /sys paths hidden like Docker does.
 pub const MASKED_PATHS: &[&str] = &[
@@ -494,11 +506,22 @@ fn arg(index: usize, op: LinuxSeccompOperator, value: u64) -> Result<LinuxSeccom
     Ok(b.build()?)
 }
 
+/// `(arg & 0xffffffff) == value`: for `int` arguments, whose upper 32 bits the kernel ignores
+/// (a plain 64-bit comparison would let `0x1_0000_0028` through as AF_VSOCK).
+fn arg_u32_eq(index: usize, value: u64) -> Result<LinuxSeccompArg, DriverError> {
+    Ok(LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(0xffff_ffffu64)
+        .value_two(value)
+        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .build()?)
+}
+
 /// The seccomp filter: an allowlist ([`ALLOWED_SYSCALLS`] and the argument-checked rules); any
 /// other syscall fails with EPERM.
 pub fn seccomp() -> Result<LinuxSeccomp, DriverError> {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
-    use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpMaskedEq, ScmpCmpNe};
+    use LinuxSeccompOperator::ScmpCmpMaskedEq;
     let mut syscalls = vec![
         rule(ALLOWED_SYSCALLS, Allow, vec![])?,
         rule(
@@ -506,21 +529,21 @@ pub fn seccomp() -> Result<LinuxSeccomp, DriverError> {
             Allow,
             vec![arg(0, ScmpCmpMaskedEq, CLONE_NAMESPACE_FLAGS)?],
         )?,
-        rule(&["socket"], Allow, vec![arg(0, ScmpCmpNe, AF_VSOCK)?])?,
         // ENOSYS, not EPERM: glibc and musl then fall back to clone(2).
         rule(&["clone3"], Errno, vec![])?,
     ];
+    for family in SOCKET_FAMILIES {
+        syscalls.push(rule(&["socket"], Allow, vec![arg_u32_eq(0, *family)?])?);
+    }
     for v in PERSONALITY_ALLOWED {
-        syscalls.push(rule(&["personality"], Allow, vec![arg(0, ScmpCmpEq, *v)?])?);
+        syscalls.push(rule(&["personality"], Allow, vec![arg_u32_eq(0, *v)?])?);
     }
     Ok(LinuxSeccompBuilder::default()
         .default_action(Errno)
         .default_errno_ret(libc::EPERM as u32)
-        .architectures(vec![
-            Arch::ScmpArchX86_64,
-            Arch::ScmpArchX86,
-            Arch::ScmpArchX32,
-        ])
+        // x86-64 only: 32-bit (int 0x80) and x32 calls are another architecture to the filter and
+        // kill the caller, which closes the whole compat syscall surface (socketcall and friends).
+        .architectures(vec![Arch::ScmpArchX86_64])
         .syscalls(syscalls)
         .build()?)
 }

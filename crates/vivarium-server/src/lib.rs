@@ -68,6 +68,11 @@ pub enum LockError {
          or use another --data-dir"
     )]
     Held { data_dir: PathBuf, path: PathBuf },
+    #[error(
+        "another runner on this host already uses the instance name {instance:?} (it holds \
+         {path}); give this one another --instance (and --subnet)"
+    )]
+    InstanceHeld { instance: String, path: PathBuf },
 }
 
 /// The data dir's lock: one runner (or `vivarium uninstall`) per data dir at a time. Held until
@@ -78,8 +83,26 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
+    /// Locks the data dir.
     pub fn acquire(data_dir: &std::path::Path) -> Result<Self, LockError> {
-        let path = data_dir.join("runner.lock");
+        Self::lock_file(data_dir, data_dir.join("runner.lock"))
+    }
+
+    /// Locks an instance name host-wide (`/run/vivarium/<instance>.lock`): two runners with one
+    /// `--instance` share the cgroup parent, the nftables table and the netns prefix, and each
+    /// would remove the other's sandboxes as leftovers.
+    pub fn acquire_instance(instance: &str) -> Result<Self, LockError> {
+        let dir = std::path::Path::new("/run/vivarium");
+        Self::lock_file(dir, dir.join(format!("{instance}.lock"))).map_err(|e| match e {
+            LockError::Held { path, .. } => LockError::InstanceHeld {
+                instance: instance.to_string(),
+                path,
+            },
+            other => other,
+        })
+    }
+
+    fn lock_file(data_dir: &std::path::Path, path: PathBuf) -> Result<Self, LockError> {
         let io = |source| LockError::Io {
             path: path.clone(),
             source,
@@ -164,6 +187,7 @@ fn restrict_permissions(data_dir: &std::path::Path) {
 /// Runs the runner until SIGINT/SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let _lock = DataDirLock::acquire(&cfg.runner.data_dir)?;
+    let _instance_lock = DataDirLock::acquire_instance(&cfg.runner.instance)?;
     let api_key = match cfg.api_key.clone() {
         Some(k) => k,
         None => {
@@ -207,6 +231,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
                 tick.tick().await;
                 runner.reap().await;
                 runner.cap_console_logs();
+                runner.ensure_walls().await;
             }
         })
     };

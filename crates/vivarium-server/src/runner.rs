@@ -679,6 +679,21 @@ impl Runner {
         }
     }
 
+    /// Puts the firewall back if something on the host removed it (the walls must not fail open
+    /// silently). Called every second.
+    pub async fn ensure_walls(&self) {
+        let driver = self.driver.clone();
+        match tokio::task::spawn_blocking(move || driver.ensure_firewall()).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => tracing::error!(
+                "this runner's nftables table was removed by something else on the host (a \
+                 `nft flush ruleset`?); it has been rebuilt"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot check or rebuild the firewall"),
+            Err(e) => tracing::error!(error = %e, "firewall check task failed"),
+        }
+    }
+
     pub async fn reap(&self) {
         let now = Utc::now();
         let expired: Vec<String> = self

@@ -58,6 +58,7 @@ pub async fn uninstall(cfg: &UninstallConfig) -> Result<UninstallReport, Uninsta
         return Err(UninstallError::NoDataDir(cfg.data_dir.clone()));
     }
     let lock = DataDirLock::acquire(&cfg.data_dir)?;
+    let _instance_lock = DataDirLock::acquire_instance(&cfg.instance)?;
     let defaults = DriverConfig::default();
     let driver = Driver::new(DriverConfig {
         state_dir: cfg.data_dir.join("sandboxes"),

@@ -61,6 +61,28 @@ async fn one_runner_per_data_dir_and_its_secrets_are_private() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second runner started: {text}");
     assert!(text.contains("another runner already serves"), "{text}");
+    // Nor one with another data dir but the same instance name (shared nftables table, cgroup
+    // parent and netns prefix).
+    let other = tempfile::tempdir().unwrap();
+    let out = serve_cmd(
+        other.path(),
+        &[
+            "--agent",
+            common::agent_binary().to_str().unwrap(),
+            "--instance",
+            &r.instance,
+            "--subnet",
+            "10.86.250.0/24",
+        ],
+    )
+    .output()
+    .expect("running a third vivarium serve");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a runner with a taken instance name started: {text}"
+    );
+    assert!(text.contains("instance name"), "{text}");
     // The first one is unharmed.
     r.client.health().await.unwrap();
 }

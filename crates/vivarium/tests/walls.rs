@@ -554,8 +554,8 @@ async fn hostile_image_reaches_nothing() {
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }
 
-/// Root in sandbox A replaces its agent socket with a symlink to sandbox B's (whose host path it
-/// can read in /proc/mounts). The runner must not follow it: A's exec never runs in B.
+/// Root in sandbox A replaces its agent socket with a symlink to sandbox B's (whose host path
+/// follows a guessable layout). The runner must not follow it: A's exec never runs in B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_channel_cannot_be_redirected() {
     let r = Runner::start().await;
@@ -567,15 +567,13 @@ async fn agent_channel_cannot_be_redirected() {
     };
     let a = r.client.create_run(&new()).await.unwrap();
     let b = r.client.create_run(&new()).await.unwrap();
-    let (_, mounts) = sh(&r, &a.id, "grep ' /.vivarium/run ' /proc/self/mountinfo").await;
-    // mountinfo: "... <root> <mount point> ..." where root is the host path of the bind source.
-    let host_dir = mounts
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no /.vivarium/run mount: {mounts}"))
-        .to_string();
-    assert!(host_dir.contains(&a.id), "{mounts}");
-    let b_sock = format!("{}/agent.sock", host_dir.replace(&a.id, &b.id));
+    // B's socket on the host (an attacker can guess the layout under the default data dir).
+    let b_sock = r
+        .data_dir
+        .path()
+        .join(format!("sandboxes/runs/{}/scratch/sock/agent.sock", b.id));
+    assert!(b_sock.exists(), "{}", b_sock.display());
+    let b_sock = b_sock.display().to_string();
     let (rc, out) = sh(
         &r,
         &a.id,
@@ -719,5 +717,110 @@ async fn console_flood_stays_bounded() {
     );
     let (rc, _) = sh(&r, &run.id, "true").await;
     p.held("the sandbox answers after the flood", rc == 0, "exec true");
+    assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
+}
+
+/// With CAP_NET_RAW a sandbox can write any IP header. Packets whose source is not the sandbox's
+/// own address (another address, its /30's broadcast address, another sandbox's) never leave its
+/// veth; and the syscall filter's argument checks cannot be dodged with high bits set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_sources_and_filter_arguments_hold() {
+    let r = Runner::start().await;
+    let img = r.import_desktop().await;
+    let internet = TestHost::start("u", [203, 0, 113], 16);
+    // A UDP sink in the internet host's namespace: one line per datagram to a file.
+    let sink = tempfile::NamedTempFile::new().unwrap();
+    let mut sink_proc = Command::new("ip")
+        .args(["netns", "exec", &internet.ns, "python3", "-c"])
+        .arg(format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999))\n\
+             f = open({:?}, 'a')\n\
+             while True:\n\
+             \x20   d, a = s.recvfrom(2048); f.write(a[0] + ' ' + d.decode(errors='replace') + '\\n'); f.flush()\n",
+            sink.path().display().to_string()
+        ))
+        .spawn()
+        .unwrap();
+    let run = r
+        .client
+        .create_run(&CreateRunRequest {
+            image: Some(img),
+            desktop: Some(false),
+            mem_mib: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ip: std::net::Ipv4Addr = run.ip.as_deref().unwrap().parse().unwrap();
+    let broadcast = std::net::Ipv4Addr::from(u32::from(ip) + 1);
+    let other = std::net::Ipv4Addr::from(u32::from(ip) + 4);
+    let script = format!(
+        r#"
+import socket, struct, time
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+def send(src, dst, payload):
+    udp = struct.pack('!HHHH', 7777, 9999, 8 + len(payload), 0) + payload
+    hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    hdr = hdr[:10] + struct.pack('!H', csum(hdr)) + hdr[12:]
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    r.sendto(hdr + udp, (dst, 0))
+dst = '{dst}'
+for src, tag in [('{ip}', 'CONTROL'), ('{bcast}', 'SPOOF-BROADCAST'), ('{other}', 'SPOOF-SANDBOX'), ('198.51.100.7', 'SPOOF-PUBLIC')]:
+    for _ in range(3):
+        send(src, dst, tag.encode()); time.sleep(0.05)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for fam, name in [(0x100000028, 'VSOCK-HIGHBITS'), (40, 'VSOCK'), (17, 'PACKET'), (38, 'ALG'), (2, 'INET')]:
+    fd = libc.syscall(41, ctypes.c_long(fam), 1 if name != 'PACKET' else 3, 0)
+    print(name, 'OPENED' if fd >= 0 else 'REFUSED', ctypes.get_errno())
+"#,
+        dst = internet.addr,
+        ip = ip,
+        bcast = broadcast,
+        other = other,
+    );
+    let (_, out) = sh(&r, &run.id, &format!("python3 - <<'EOF'\n{script}\nEOF")).await;
+    println!("{}", out.trim());
+    // Give the sink a moment, then read what arrived.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = String::new();
+    while Instant::now() < deadline {
+        got = std::fs::read_to_string(sink.path()).unwrap_or_default();
+        if got.contains("CONTROL") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = sink_proc.kill();
+    let _ = sink_proc.wait();
+    assert!(
+        got.contains("CONTROL"),
+        "the unforged datagram did not arrive: {got:?} / {out}"
+    );
+    let mut p = Probes { broken: vec![] };
+    for tag in ["SPOOF-BROADCAST", "SPOOF-SANDBOX", "SPOOF-PUBLIC"] {
+        p.held(
+            &format!("a forged source leaves the sandbox ({tag})"),
+            !got.contains(tag),
+            got.trim().replace('\n', " | ").as_str(),
+        );
+    }
+    for name in ["VSOCK-HIGHBITS", "VSOCK", "PACKET", "ALG"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default();
+        p.held(&format!("socket({name})"), line.contains("REFUSED"), line);
+    }
+    assert!(
+        out.lines().any(|l| l.starts_with("INET OPENED")),
+        "plain sockets must work: {out}"
+    );
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }

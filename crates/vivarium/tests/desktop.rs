@@ -348,7 +348,8 @@ async fn desktop_end_to_end() {
         .desktop_action(&id, &DesktopAction::FocusWindow { id: 0x1fff_fff0 })
         .await
         .expect_err("no such window");
-    assert_eq!(api_error(win), (404, "not_found".into(), Some("id".into())));
+    // The window is named by a body field: a bad request (the sandbox itself exists).
+    assert_eq!(api_error(win), (400, "not_found".into(), Some("id".into())));
     let (status, body) = c
         .raw(
             reqwest::Method::POST,

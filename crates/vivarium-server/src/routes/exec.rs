@@ -18,6 +18,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_json, ApiJson};
 
 /// Runs a command to completion and answers its output (or, with `background`, starts it).
+///
+/// While it runs, the command is listed under `GET /v1/runs/{id}/processes` (so it can be
+/// signalled). If the answer cannot be delivered — the client disconnected or the runner was
+/// restarted — the command is not killed: it runs on until it ends or its `timeout_s`, and its
+/// status and output (the last 1 MiB of each stream) stay available through
+/// `GET /processes/{pid}` and `POST /processes/{pid}/wait`; find it by its `argv`.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/exec",
@@ -83,7 +89,8 @@ pub async fn exec(
     security(("bearer" = []))
 )]
 /// Output as it is produced: one JSON object per line (`application/x-ndjson`). Closing the
-/// connection kills the process.
+/// connection kills the process; if the runner itself restarts, the process runs on (detached)
+/// and is found under `GET /v1/runs/{id}/processes`.
 pub async fn exec_stream(
     State(s): AppStateRef,
     Path(id): Path<String>,
@@ -98,6 +105,8 @@ pub async fn exec_stream(
         .exec_stream(proto)
         .await
         .map_err(|e| agent_error(&s.runner, &id, e))?;
+    // A client that hangs up means stop (the agent only detaches on a dropped connection).
+    stream.cancel_on_drop();
     if !stdin.is_empty() {
         stream
             .write_stdin(stdin)
@@ -194,7 +203,8 @@ pub async fn spawn(
     Ok((StatusCode::CREATED, Json(spawn_inner(&s, &id, req).await?)))
 }
 
-/// The sandbox's background processes.
+/// The sandbox's background processes, its running execs, and execs whose caller went away
+/// (detached: they run on; their output is kept, the last 1 MiB per stream).
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/processes",
@@ -202,7 +212,7 @@ pub async fn spawn(
     tag = "exec",
     params(("id" = String, Path, description = "Sandbox id")),
     responses(
-        (status = 200, description = "Background processes, with output so far", body = ProcessList),
+        (status = 200, description = "Background processes, running execs and detached execs", body = ProcessList),
         (status = 404, description = "No such sandbox (or process)", body = ErrorBody),
         (status = 409, description = "The sandbox is not running, or its agent went away", body = ErrorBody),
     ),

@@ -396,9 +396,12 @@ impl ProcessTable {
         let table = Arc::clone(self);
         tokio::spawn(async move {
             let exited = CancellationToken::new();
+            let reaped = {
+                let p = Arc::clone(&p);
+                move || p.reaped.store(true, Ordering::SeqCst)
+            };
             let wait = async {
-                let status = wait_exit(exit, pid, timeout).await;
-                p.reaped.store(true, Ordering::SeqCst);
+                let status = wait_exit(exit, pid, timeout, reaped).await;
                 exited.cancel();
                 status
             };
@@ -515,8 +518,18 @@ impl ProcessTable {
     }
 }
 
-/// Waits for the exit status, killing the group when the timeout passes.
-async fn wait_exit(mut exit: ExitReceiver, pgid: u32, timeout: Option<Duration>) -> ExitStatus {
+/// How long a process killed at its timeout may take to be reaped before its status is reported
+/// anyway (`signal: 9`): a fork bomb can starve a killed process of the CPU it needs to exit.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the exit status, killing the group when the timeout passes. `reaped` is set once
+/// the leader has been reaped (possibly after this returns, see [`KILL_GRACE`]).
+async fn wait_exit(
+    mut exit: ExitReceiver,
+    pgid: u32,
+    timeout: Option<Duration>,
+    reaped: impl FnOnce() + Send + 'static,
+) -> ExitStatus {
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -524,11 +537,31 @@ async fn wait_exit(mut exit: ExitReceiver, pgid: u32, timeout: Option<Duration>)
         }
     };
     tokio::select! {
-        r = &mut exit => return r.unwrap_or_else(|_| lost_status()),
+        r = &mut exit => {
+            reaped();
+            return r.unwrap_or_else(|_| lost_status());
+        }
         _ = deadline => tracing::debug!(pgid, "timed out, killing the process group"),
     }
     signal_group(pgid, Signal::SIGKILL);
-    let mut status = exit.await.unwrap_or_else(|_| lost_status());
+    let mut status = match tokio::time::timeout(KILL_GRACE, &mut exit).await {
+        Ok(r) => {
+            reaped();
+            r.unwrap_or_else(|_| lost_status())
+        }
+        Err(_) => {
+            tracing::warn!(pgid, "killed process not reaped yet; reporting it killed");
+            tokio::spawn(async move {
+                let _ = exit.await;
+                reaped();
+            });
+            ExitStatus {
+                exit_code: None,
+                signal: Some(libc::SIGKILL),
+                timed_out: true,
+            }
+        }
+    };
     status.timed_out = true;
     status
 }

@@ -352,8 +352,8 @@ async fn dropped_exec_connections_detach_their_processes() {
     let cmd = format!("echo before; sleep 1; echo done > {marker}; echo after; echo err >&2");
     let mut e = sh(&cmd);
     e.spec.timeout_ms = Some(60_000);
-    let call = c.exec(e);
-    tokio::pin!(call);
+    // Boxed, so dropping it really drops the future and closes its connection.
+    let mut call = Box::pin(c.exec(e));
     let running = async {
         loop {
             let listed = c.processes().await.expect("list");
@@ -368,6 +368,7 @@ async fn dropped_exec_connections_detach_their_processes() {
         p = running => p,
     };
     assert!(p.running);
+    // Hang up: the exit code, the late output and the marker below prove it ran on.
     drop(call);
     let w = c
         .wait(p.pid, Some(Duration::from_secs(30)))

@@ -20,8 +20,23 @@ pub const MAX_DISK_MIB: u64 = 1024 * 1024;
 /// free space when that is less): no sandbox can fill the host's disk. The scratch image is sparse,
 /// so the cap reserves nothing.
 pub const DEFAULT_DISK_MIB: u64 = 10 * 1024;
-/// Processes (and threads) per sandbox (`pids.max`).
+/// Most processes (and threads) per sandbox (`pids.max`); see [`pids_max`].
 pub const PIDS_MAX: u64 = 4096;
+/// Processes (and threads) a sandbox may have per MiB of its memory limit.
+pub const PIDS_PER_MIB: u64 = 4;
+/// Fewest processes (and threads) any sandbox may have.
+pub const MIN_PIDS: u64 = 128;
+
+/// A sandbox's `pids.max` for its memory limit: `mem_mib * PIDS_PER_MIB` within
+/// `MIN_PIDS..=PIDS_MAX` (1024 for 256 MiB, 4096 from 1 GiB up). A fork bomb must run out of pids
+/// before it runs out of memory: each process of a busybox fork bomb holds ~110 KiB of the memory
+/// cgroup, so at 4 per MiB it stops below half the limit. Bound by memory instead, the sandbox
+/// thrashes in the kernel's memcg OOM path, where every allocating task, PID 1 included, stalls.
+pub fn pids_max(mem_mib: u64) -> u64 {
+    mem_mib
+        .saturating_mul(PIDS_PER_MIB)
+        .clamp(MIN_PIDS, PIDS_MAX)
+}
 /// Longest lifetime a sandbox may be given at once (7 days).
 pub const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
 

@@ -545,7 +545,7 @@ impl Runner {
                 .unwrap_or_else(|| "/".into()),
             vcpus,
             mem_mib,
-            pids_max: api::limits::PIDS_MAX,
+            pids_max: api::limits::pids_max(mem_mib),
             shm_mib: SHM_MIB.min(mem_mib),
             disk_mib: Some(disk_mib),
             network: match network {

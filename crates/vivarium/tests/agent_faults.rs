@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Runner, KEY};
@@ -35,24 +35,13 @@ fn argv(a: &[&str]) -> ExecRequest {
     }
 }
 
-/// The sandbox's console log (the agent's stderr): `<data>/…/<id>/console.log`.
+/// The sandbox's console log (the agent's stderr): on its scratch disk when it has one.
 fn console_log(r: &Runner, id: &str) -> String {
-    fn find(dir: &Path, id: &str, depth: u32) -> Option<PathBuf> {
-        let p = dir.join(id).join("console.log");
-        if p.is_file() {
-            return Some(p);
-        }
-        if depth == 0 {
-            return None;
-        }
-        std::fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .find_map(|e| find(&e.path(), id, depth - 1))
-    }
-    let path = find(r.data_dir.path(), id, 4)
-        .unwrap_or_else(|| panic!("no console.log of {id} under the data dir"));
+    let dir = r.data_dir.path().join("sandboxes/runs").join(id);
+    let path = [dir.join("scratch/console.log"), dir.join("console.log")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no console.log in {}", dir.display()));
     std::fs::read_to_string(path).expect("console.log")
 }
 
@@ -81,14 +70,22 @@ fn pids_current(r: &Runner, id: &str) -> u64 {
 /// The agent is still the sandbox's PID 1, started when the sandbox was.
 async fn assert_agent_is_pid1(c: &Client, id: &str, uptime_before: Option<u64>) -> u64 {
     let r = c
-        .exec(id, &sh("cat /proc/1/cmdline | tr '\\0' ' '; echo; cut -d' ' -f22 /proc/1/stat"))
+        .exec(
+            id,
+            &sh("cat /proc/1/cmdline | tr '\\0' ' '; echo; cut -d' ' -f22 /proc/1/stat"),
+        )
         .await
         .expect("exec after the bomb");
     assert_eq!(r.exit_code, Some(0), "{r:?}");
     let mut lines = r.stdout.lines();
     let cmdline = lines.next().unwrap_or_default();
     assert!(cmdline.contains("agent"), "PID 1 is {cmdline:?}");
-    let start: u64 = lines.next().unwrap_or_default().trim().parse().expect("start");
+    let start: u64 = lines
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .expect("start");
     if let Some(before) = uptime_before {
         assert_eq!(start, before, "PID 1 was restarted");
     }
@@ -162,9 +159,10 @@ async fn thousand_concurrent_execs_with_failing_spawns_are_all_answered() {
     r.client.delete_run(&run.id).await.unwrap();
 }
 
-/// Issue 8: a fork bomb in a small sandbox runs into the pids limit; PID 1 stays, answers every
-/// request during the bomb (an exec either runs or is refused with 503 `resource_exhausted`,
-/// never a hang or a 500), and runs execs again once the bomb is stopped.
+/// Issue 8: a fork bomb in a small sandbox runs into its pids limit (derived from its memory, so
+/// before the memory runs out); PID 1 stays, answers every request during the bomb (an exec runs,
+/// times out, or is refused with 503 `resource_exhausted`; never a hang or a 500), and runs execs
+/// again once the bomb is stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_survives_a_fork_bomb_and_answers_during_and_after() {
     let r = Runner::start().await;
@@ -172,26 +170,35 @@ async fn the_agent_survives_a_fork_bomb_and_answers_during_and_after() {
     let run = r.client.create_run(&create(&img, 256)).await.unwrap();
     let c = &r.client;
     let started = assert_agent_is_pid1(c, &run.id, None).await;
-    // Stops by itself once /tmp/stop exists (`[` is a shell builtin: no fork needed to check).
-    let bomb = "b() { [ -e /tmp/stop ] && exit 0; b | b & }; b";
+    let limit = vivarium_api::limits::pids_max(256);
+    let set: u64 = cgroup_file(&r, &run.id, "pids", "pids.max")
+        .and_then(|s| s.trim().parse().ok())
+        .expect("pids.max");
+    assert_eq!(set, limit);
+    // Restarts itself until /tmp/stop exists (`[` is a shell builtin: no fork needed to check);
+    // a bomb shell whose fork fails just ends.
+    let bomb = "b() { [ -e /tmp/stop ] && exit 0; b | b & }; while [ ! -e /tmp/stop ]; do b; done";
     c.spawn(&run.id, &sh(bomb)).await.expect("start the bomb");
     // Bounded wait until the bomb holds (nearly) every pid of the sandbox.
-    let limit = vivarium_api::limits::PIDS_MAX;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut peak = 0;
     while peak < limit * 9 / 10 {
         assert!(
             Instant::now() < deadline,
-            "the bomb never neared the pids limit ({peak} of {limit}); oom kills: {:?}",
-            c.get_run(&run.id).await.map(|r| r.oom_kills)
+            "the bomb never neared the pids limit ({peak} of {limit})"
         );
         peak = peak.max(pids_current(&r, &run.id));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // During the bomb: every request is answered.
-    let (mut ran, mut refused) = (0, 0);
+    let (mut ran, mut timed_out, mut refused) = (0, 0, 0);
     for _ in 0..20 {
-        match c.sh(&run.id, "echo alive").await {
+        let exec = ExecRequest {
+            timeout_s: Some(10.0),
+            ..sh("echo alive")
+        };
+        match c.exec(&run.id, &exec).await {
+            Ok(out) if out.timed_out => timed_out += 1,
             Ok(out) => {
                 assert_eq!(out.stdout, "alive\n", "{out:?}");
                 ran += 1;
@@ -200,21 +207,29 @@ async fn the_agent_survives_a_fork_bomb_and_answers_during_and_after() {
                 assert_eq!(e.status(), Some(503), "exec during the bomb: {e}");
                 let d = e.detail().expect("error detail");
                 assert_eq!(d.code, "resource_exhausted", "{e}");
+                assert!(d.message.contains("process limit"), "{e}");
                 refused += 1;
             }
         }
         // The agent's own work needs no fork: files are read by a kept thread.
-        let passwd = c.read_file(&run.id, "/etc/passwd").await.expect("read a file");
+        let passwd = c
+            .read_file(&run.id, "/etc/passwd")
+            .await
+            .expect("read a file");
         assert!(!passwd.is_empty());
         peak = peak.max(pids_current(&r, &run.id));
     }
     let during = c.get_run(&run.id).await.unwrap();
     eprintln!(
-        "fork bomb: peak pids {peak} of {limit}, execs during it ran {ran} / refused {refused}, \
-         oom kills {}",
-        during.oom_kills
+        "fork bomb in {} MiB: peak {peak} of {limit} pids, {} OOM kills; execs during it: \
+         {ran} ran, {timed_out} timed out, {refused} refused",
+        during.mem_mib, during.oom_kills
     );
     assert_eq!(during.state, RunState::Running);
+    assert_eq!(
+        during.oom_kills, 0,
+        "the bomb must run out of pids, not memory"
+    );
     // Stop it: the agent writes the file itself.
     c.write_file(&run.id, "/tmp/stop", b"stop".to_vec(), None)
         .await
@@ -226,7 +241,10 @@ async fn the_agent_survives_a_fork_bomb_and_answers_during_and_after() {
             Ok(out) => panic!("{out:?}"),
             Err(e) => assert_eq!(e.status(), Some(503), "{e}"),
         }
-        assert!(Instant::now() < deadline, "execs never ran again after the bomb");
+        assert!(
+            Instant::now() < deadline,
+            "execs never ran again after the bomb"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_agent_is_pid1(c, &run.id, Some(started)).await;
@@ -252,7 +270,10 @@ async fn the_agent_survives_a_memory_bomb_and_answers_during_and_after() {
     // While it grows: execs keep being answered, and run.
     let mut during = 0;
     while !bomb.is_finished() {
-        let out = c.sh(&run.id, "echo alive").await.expect("exec during the bomb");
+        let out = c
+            .sh(&run.id, "echo alive")
+            .await
+            .expect("exec during the bomb");
         assert_eq!(out.stdout, "alive\n", "{out:?}");
         during += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -291,12 +312,18 @@ async fn an_exec_survives_a_sigkilled_runner() {
             assert!(p.running, "{p:?}");
             break p.pid;
         }
-        assert!(Instant::now() < deadline, "the exec is never listed: {listed:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the exec is never listed: {listed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     r.kill9();
     let lost = exec.await.unwrap();
-    assert!(lost.is_err(), "the exec answered through a dead runner: {lost:?}");
+    assert!(
+        lost.is_err(),
+        "the exec answered through a dead runner: {lost:?}"
+    );
     r.spawn().await;
     let listed = r.client.processes(&run.id).await.unwrap();
     let p = listed

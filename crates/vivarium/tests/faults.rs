@@ -353,7 +353,13 @@ async fn an_oom_killed_init_fails_the_sandbox_as_oom() {
         .spawn(
             &run.id,
             &ExecRequest {
-                command: Some("sleep 1; x=$(head -c 500m /dev/zero | tr '\\000' a)".into()),
+                // Back to the default score first: the agent starts its children at the
+                // maximum (1000) where it cannot lower its own, which would tie with the init's.
+                command: Some(
+                    "echo 0 > /proc/self/oom_score_adj; sleep 1; \
+                     x=$(head -c 500m /dev/zero | tr '\\000' a)"
+                        .into(),
+                ),
                 ..Default::default()
             },
         )

@@ -28,6 +28,22 @@ pub use limits::check_env;
 /// Largest a running sandbox's console log may grow before it is cut to its tail.
 pub const MAX_CONSOLE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The isolation driver's configuration for a runner's data dir and instance (the runner and
+/// `vivarium uninstall` must agree on it).
+pub fn driver_config(
+    data_dir: &std::path::Path,
+    runtime: &std::path::Path,
+    instance: &str,
+    subnet: Option<vivarium_isolation::Ipv4Net>,
+) -> DriverConfig {
+    DriverConfig {
+        state_dir: data_dir.join("sandboxes"),
+        runtime: runtime.to_path_buf(),
+        subnet: subnet.unwrap_or(DriverConfig::default().subnet),
+        cgroup_parent: instance.to_string(),
+    }
+}
+
 /// Keeps the last `keep` bytes of the file at `path`, in place.
 fn cut_to_tail(path: &std::path::Path, keep: u64) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
@@ -138,13 +154,12 @@ impl Runner {
             docker_config: cfg.registry_auth.clone(),
             ..Default::default()
         })?;
-        let defaults = DriverConfig::default();
-        let driver = Driver::new(DriverConfig {
-            state_dir: cfg.data_dir.join("sandboxes"),
-            runtime: cfg.runtime.clone(),
-            subnet: cfg.subnet.unwrap_or(defaults.subnet),
-            cgroup_parent: cfg.instance.clone(),
-        })
+        let driver = Driver::new(driver_config(
+            &cfg.data_dir,
+            &cfg.runtime,
+            &cfg.instance,
+            cfg.subnet,
+        ))
         .await?;
         let runner = Arc::new(Self {
             cfg,

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vivarium_isolation::{Driver, DriverConfig};
+use vivarium_isolation::Driver;
 
 use crate::db::Db;
 use crate::DataDirLock;
@@ -59,13 +59,12 @@ pub async fn uninstall(cfg: &UninstallConfig) -> Result<UninstallReport, Uninsta
     }
     let lock = DataDirLock::acquire(&cfg.data_dir)?;
     let _instance_lock = DataDirLock::acquire_instance(&cfg.instance)?;
-    let defaults = DriverConfig::default();
-    let driver = Driver::new(DriverConfig {
-        state_dir: cfg.data_dir.join("sandboxes"),
-        runtime: cfg.runtime.clone(),
-        subnet: cfg.subnet.unwrap_or(defaults.subnet),
-        cgroup_parent: cfg.instance.clone(),
-    })
+    let driver = Driver::new(crate::runner::driver_config(
+        &cfg.data_dir,
+        &cfg.runtime,
+        &cfg.instance,
+        cfg.subnet,
+    ))
     .await?;
     let db_path = cfg.data_dir.join("state.db");
     let db = if db_path.exists() {

@@ -595,6 +595,25 @@ async fn agent_channel_cannot_be_redirected() {
     assert!(p.broken.is_empty(), "walls broken: {:#?}", p.broken);
 }
 
+/// A busybox sandbox whose writable layer is capped at 64 MiB.
+async fn with_64_mib_disk(r: &Runner, img: String) -> vivarium_api::Run {
+    r.client
+        .create_run(&CreateRunRequest {
+            image: Some(img),
+            mem_mib: Some(128),
+            disk_mib: Some(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// MiB free on the filesystem of `path`.
+fn host_free_mib(path: &std::path::Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    (st.blocks_available() * st.fragment_size()) >> 20
+}
+
 /// Every sandbox's writable layer is capped, by default too: filling it is ENOSPC inside that
 /// sandbox, and the host and the sandbox itself carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,20 +638,8 @@ async fn disk_fill_stays_inside() {
     let (_, df) = sh(&r, &default.id, "df -m / | tail -1").await;
     println!("default writable layer: {cap} MiB; df: {}", df.trim());
 
-    let small = r
-        .client
-        .create_run(&CreateRunRequest {
-            image: Some(img),
-            mem_mib: Some(128),
-            disk_mib: Some(64),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let host_free = || {
-        let st = nix::sys::statvfs::statvfs(r.data_dir.path()).unwrap();
-        (st.blocks_available() * st.fragment_size()) >> 20
-    };
+    let small = with_64_mib_disk(&r, img).await;
+    let host_free = || host_free_mib(r.data_dir.path());
     let before = host_free();
     let (_, out) = sh(
         &r,
@@ -667,20 +674,8 @@ async fn disk_fill_stays_inside() {
 async fn console_flood_stays_bounded() {
     let r = Runner::start().await;
     let img = r.import_busybox("local/busybox:flood").await;
-    let run = r
-        .client
-        .create_run(&CreateRunRequest {
-            image: Some(img),
-            mem_mib: Some(128),
-            disk_mib: Some(64),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let host_free = || {
-        let st = nix::sys::statvfs::statvfs(r.data_dir.path()).unwrap();
-        (st.blocks_available() * st.fragment_size()) >> 20
-    };
+    let run = with_64_mib_disk(&r, img).await;
+    let host_free = || host_free_mib(r.data_dir.path());
     let before = host_free();
     let (rc, out) = sh(
         &r,

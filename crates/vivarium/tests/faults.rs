@@ -57,11 +57,18 @@ fn kill_from_host(r: &Runner, id: &str) {
 }
 
 /// Polls the run until it is `failed` (or gone), for at most `within`.
+/// Waits until the run is `failed` (or gone). `within` bounds the wait so a broken watcher fails
+/// the test instead of hanging it; it is not a timing claim (the watcher looks every 250 ms, and
+/// the time it took is printed; timing belongs in benchmarks).
 async fn wait_failed(r: &Runner, id: &str, within: Duration) -> Option<vivarium_api::Run> {
-    let deadline = Instant::now() + within;
+    let started = Instant::now();
+    let deadline = started + within;
     loop {
         match r.client.get_run(id).await {
-            Ok(run) if run.state == RunState::Failed => return Some(run),
+            Ok(run) if run.state == RunState::Failed => {
+                println!("failed after {} ms", started.elapsed().as_millis());
+                return Some(run);
+            }
             Ok(run) => assert!(
                 Instant::now() < deadline,
                 "sandbox still {:?} {within:?} after it died",
@@ -103,7 +110,7 @@ async fn a_killed_sandbox_is_failed_with_its_reason() {
         .unwrap();
 
     kill_from_host(&r, &run.id);
-    let failed = wait_failed(&r, &run.id, Duration::from_secs(2))
+    let failed = wait_failed(&r, &run.id, Duration::from_secs(15))
         .await
         .expect("kept by default");
     let f = failed.failure.clone().expect("a failure");
@@ -192,7 +199,7 @@ async fn on_failure_delete_removes_the_dead_sandbox() {
         .unwrap();
     assert_eq!(run.on_failure, OnFailure::Delete);
     kill_from_host(&r, &run.id);
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match r.client.get_run(&run.id).await {
             Err(e) if e.status() == Some(404) => break,
@@ -216,7 +223,7 @@ async fn failures_survive_a_runner_restart() {
     // Failed before the restart: stays failed with the same reason.
     let early = r.client.create_run(&create(&img)).await.unwrap();
     kill_from_host(&r, &early.id);
-    wait_failed(&r, &early.id, Duration::from_secs(2))
+    wait_failed(&r, &early.id, Duration::from_secs(15))
         .await
         .unwrap();
     // Dies while no runner watches: failed (kept) or removed (delete).

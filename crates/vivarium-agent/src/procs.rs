@@ -582,7 +582,11 @@ async fn collect(
     };
     tokio::pin!(drain);
     loop {
+        // `biased`: output already in the pipe is always read before the drain deadline counts.
+        // Unbiased, a reader polled late (a starved CPU, e.g. under a fork bomb) found both ready
+        // and could drop the output of a process that had written and exited.
         let chunk = tokio::select! {
+            biased;
             r = read_chunk(&mut pipe, READ_CHUNK) => match r {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return,

@@ -911,6 +911,31 @@ async fn a_wedged_agent_gives_timeouts_not_hangs() {
     }
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
     let resume = Resume(pid);
+    // SIGSTOP takes effect asynchronously, thread by thread: wait until every thread of the agent
+    // is stopped, or a request sent now could still be answered by one that was mid-flight.
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .map(|st| {
+                            st.rsplit_once(')')
+                                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                                .unwrap_or(false)
+                        })
+                        .unwrap_or(true)
+                })
+            })
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !all_stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let bounded = |e: &ClientError| {
         matches!(
             e,

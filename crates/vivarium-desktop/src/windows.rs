@@ -183,30 +183,15 @@ impl Desktop {
             else {
                 continue;
             };
-            let mut title = String::from_utf8_lossy(&self.prop_bytes(
-                id,
-                self.atoms._NET_WM_NAME,
-                self.atoms.UTF8_STRING,
-            )?)
-            .into_owned();
-            if title.is_empty() {
-                title = String::from_utf8_lossy(&self.prop_bytes(
-                    id,
-                    self.atoms.WM_NAME,
-                    AtomEnum::ANY,
-                )?)
-                .into_owned();
-            }
-            let class = self.prop_bytes(id, self.atoms.WM_CLASS, AtomEnum::STRING)?;
-            let mut parts = class
-                .split(|&b| b == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned());
-            let instance = parts.next().unwrap_or_default();
-            let app = parts.next().unwrap_or_default();
-            let pid = self
-                .prop32(id, self.atoms._NET_WM_PID, AtomEnum::CARDINAL)?
-                .first()
-                .copied();
+            // …or between those and the property reads: skip it then too.
+            let (title, app, instance, pid) = match self.window_props(id) {
+                Ok(p) => p,
+                Err(DesktopError::Reply {
+                    source: x11rb::errors::ReplyError::X11Error(e),
+                    ..
+                }) if e.error_kind == x11rb::protocol::ErrorKind::Window => continue,
+                Err(e) => return Err(e),
+            };
             out.push(WindowInfo {
                 id,
                 title,
@@ -221,6 +206,32 @@ impl Desktop {
             });
         }
         Ok(out)
+    }
+
+    /// Title, application (WM_CLASS class), instance and pid of a client window.
+    fn window_props(&self, id: u32) -> Result<(String, String, String, Option<u32>)> {
+        let mut title = String::from_utf8_lossy(&self.prop_bytes(
+            id,
+            self.atoms._NET_WM_NAME,
+            self.atoms.UTF8_STRING,
+        )?)
+        .into_owned();
+        if title.is_empty() {
+            title =
+                String::from_utf8_lossy(&self.prop_bytes(id, self.atoms.WM_NAME, AtomEnum::ANY)?)
+                    .into_owned();
+        }
+        let class = self.prop_bytes(id, self.atoms.WM_CLASS, AtomEnum::STRING)?;
+        let mut parts = class
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned());
+        let instance = parts.next().unwrap_or_default();
+        let app = parts.next().unwrap_or_default();
+        let pid = self
+            .prop32(id, self.atoms._NET_WM_PID, AtomEnum::CARDINAL)?
+            .first()
+            .copied();
+        Ok((title, app, instance, pid))
     }
 
     fn check_window(&self, id: u32) -> Result<()> {
